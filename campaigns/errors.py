@@ -1,0 +1,85 @@
+"""One error tree for the whole project.
+
+The CLI maps `CampaignError` to exit code 1 with its one-line message; the web app maps
+the webhook errors to 4xx answers. Context lives in attributes, not only in the text.
+"""
+
+from __future__ import annotations
+
+
+class CampaignError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class ConfigError(CampaignError):
+    """One or more settings are invalid; `problems` lists each of them."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration: " + "; ".join(problems))
+
+
+class SchemaError(CampaignError):
+    """The database schema is missing or behind the code's migrations."""
+
+
+class InputFileError(CampaignError):
+    """A file given by the user cannot be read as asked (missing, empty, wrong format...)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class NotFoundError(CampaignError):
+    """A named object (list, campaign, ...) does not exist."""
+
+
+class StateError(CampaignError):
+    """An illegal transition, e.g. starting a cancelled campaign."""
+
+
+class DefinitionError(CampaignError):
+    """A campaign file is invalid; `problems` holds every `(field path, why)` at once."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = problems
+        listed = "; ".join(f"{path}: {why}" for path, why in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s): {listed}")
+
+
+class EnablexError(CampaignError):
+    """Base of the errors raised when talking to EnableX."""
+
+
+class TransientEnablexError(EnablexError):
+    """Timeout, connection error, 429 or 5xx: worth retrying later.
+
+    `retry_after` is the provider's `Retry-After` in seconds when it gave one.
+    """
+
+    def __init__(
+        self, message: str, *, status_code: int | None = None, retry_after: float | None = None
+    ) -> None:
+        self.status_code = status_code
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class EnablexRejection(EnablexError):
+    """A permanent 4xx answer: never retried. Carries the provider's status and message."""
+
+    def __init__(self, message: str, *, status_code: int, error_code: str | None = None) -> None:
+        self.status_code = status_code
+        self.error_code = error_code
+        super().__init__(f"EnableX rejected the request (HTTP {status_code}): {message}")
+
+
+class WebhookDecodeError(CampaignError):
+    """A webhook body that cannot be decrypted or parsed; `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)

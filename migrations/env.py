@@ -1,0 +1,66 @@
+"""Alembic environment: runs migrations with the project's own engine factory."""
+
+from __future__ import annotations
+
+import os
+
+from alembic import context
+
+from campaigns.config import Settings
+from campaigns.db import make_engine
+from campaigns.models import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def _database_url() -> str:
+    # `campaigns.migrate` passes the URL explicitly; the alembic CLI reads DATABASE_URL.
+    url = config.attributes.get("database_url")
+    if isinstance(url, str):
+        return url
+    return Settings.from_env(os.environ).database_url
+
+
+def run_migrations_offline() -> None:
+    context.configure(
+        url=_database_url(),
+        target_metadata=target_metadata,
+        literal_binds=True,
+        render_as_batch=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            render_as_batch=True,
+            compare_type=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    engine = make_engine(_database_url())
+    try:
+        with engine.connect() as conn:
+            context.configure(
+                connection=conn,
+                target_metadata=target_metadata,
+                render_as_batch=True,
+                compare_type=True,
+            )
+            with context.begin_transaction():
+                context.run_migrations()
+    finally:
+        engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()
