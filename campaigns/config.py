@@ -44,6 +44,8 @@ class Settings:
     # arq's poll delay: the default 0.5 s adds up to half a second to every job.
     worker_poll_delay: float = 0.02
     worker_max_jobs: int = 50
+    # The arq queue; separate deployments (or tests) sharing one Redis use different names.
+    queue_name: str = "campaigns:queue"
     log_level: str = "INFO"
 
     def __repr__(self) -> str:
@@ -116,6 +118,7 @@ class Settings:
         number("ATTEMPT_TIMEOUT_SECONDS", "attempt_timeout_seconds", float, 1)
         number("WORKER_POLL_DELAY", "worker_poll_delay", float, 0.001)
         number("WORKER_MAX_JOBS", "worker_max_jobs", int, 1)
+        text("QUEUE_NAME", "queue_name")
         text("LOG_LEVEL", "log_level")
 
         db = str(values.get("database_url", DEFAULT_DATABASE_URL))

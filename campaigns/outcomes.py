@@ -1,0 +1,111 @@
+"""Settling an attempt: its outcome decides the recipient's next step (retry rules).
+
+Called by the webhook side when an attempt ends, by the sweeper when its final event never
+came, and by the dispatcher when EnableX rejects a batch. Idempotent: an attempt is settled
+once; a second call is a no-op. Only the recipient's latest attempt can move the recipient.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from campaigns.definition import CampaignDefinition, definition_from_json
+from campaigns.models import (
+    AttemptState,
+    CallAttempt,
+    Campaign,
+    CampaignStatus,
+    Recipient,
+    RecipientStatus,
+)
+from campaigns.scheduling import Decision, Outcome, decide_after_attempt, zones_of
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=256)
+def _definition(campaign_id: int, frozen: str) -> CampaignDefinition:
+    import json
+
+    return definition_from_json(json.loads(frozen))
+
+
+def campaign_definition(campaign_id: int, data: dict[str, Any]) -> CampaignDefinition:
+    """The parsed, frozen definition of a campaign (cached: it never changes once started)."""
+    import json
+
+    return _definition(campaign_id, json.dumps(data, sort_keys=True))
+
+
+async def settle_attempt(
+    session: AsyncSession, *, attempt_id: int, outcome: Outcome, now: datetime
+) -> Decision | None:
+    """Record the attempt's outcome and apply the retry rules to its recipient."""
+    row = (
+        await session.execute(
+            update(CallAttempt)
+            .where(CallAttempt.id == attempt_id, CallAttempt.settled_at.is_(None))
+            .values(
+                settled_at=now,
+                outcome=outcome.value,
+                state=AttemptState.ENDED,
+            )
+            .returning(CallAttempt.recipient_id, CallAttempt.attempt_no, CallAttempt.campaign_id,
+                       CallAttempt.ended_at)
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    recipient_id, attempt_no, campaign_id, ended_at = row
+    if ended_at is None:
+        await session.execute(
+            update(CallAttempt).where(CallAttempt.id == attempt_id).values(ended_at=now)
+        )
+    campaign = (
+        await session.execute(
+            select(Campaign.status, Campaign.definition).where(Campaign.id == campaign_id)
+        )
+    ).one()
+    recipient = (
+        await session.execute(
+            select(Recipient.attempts, Recipient.time_zones).where(Recipient.id == recipient_id)
+        )
+    ).one()
+    definition = campaign_definition(campaign_id, campaign.definition)
+    if campaign.status == CampaignStatus.CANCELLED:
+        decision = Decision(status="cancelled", next_attempt_at=None, final_outcome=outcome.value)
+    else:
+        decision = decide_after_attempt(
+            outcome=outcome,
+            attempts_made=attempt_no,
+            retry=definition.retry,
+            window=definition.window,
+            zones=zones_of(recipient.time_zones, definition.window),
+            ended_at=ended_at or now,
+            retry_incomplete=bool(definition.poll and definition.poll.retry_incomplete),
+            end_date=definition.end_date,
+        )
+    moved = await session.execute(
+        update(Recipient)
+        .where(
+            Recipient.id == recipient_id,
+            Recipient.status == RecipientStatus.IN_FLIGHT,
+            Recipient.attempts == attempt_no,
+        )
+        .values(
+            status=decision.status,
+            next_attempt_at=decision.next_attempt_at,
+            last_outcome=outcome.value,
+            final_outcome=decision.final_outcome,
+            updated_at=now,
+        )
+    )
+    if not moved.rowcount:  # type: ignore[attr-defined]
+        log.warning("attempt %s settled but its recipient had moved on", attempt_id)
+    return decision

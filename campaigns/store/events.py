@@ -1,0 +1,307 @@
+"""The SQL of webhook events: storing them raw, loading the unapplied ones, matching them to
+attempts, recording answers and opt-outs, and marking events applied or quarantined.
+
+Every function takes a session (or a connection) and never commits: the caller owns the
+transaction. Inserts are `ON CONFLICT DO NOTHING` on the event's dedupe key, so a redelivered
+copy is acknowledged and never stored twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from campaigns.models import (
+    Answer,
+    AttemptState,
+    Batch,
+    CallAttempt,
+    Campaign,
+    Contact,
+    DncNumber,
+    Recipient,
+    WebhookEvent,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """One decoded delivery, ready to be stored."""
+
+    dedupe_key: str
+    voice_id: str | None
+    broadcast_id: str | None
+    payload: dict[str, Any]
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    id: int
+    voice_id: str | None
+    broadcast_id: str | None
+    payload: dict[str, Any]
+    received_at: datetime
+
+
+def _dialect(session: AsyncSession) -> str:
+    return session.get_bind().dialect.name
+
+
+def _insert(dialect: str) -> Any:
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+
+async def insert_events(conn: AsyncConnection, events: Sequence[NewEvent]) -> list[int]:
+    """Store events, skipping those already stored; the ids of the rows written."""
+    if not events:
+        return []
+    rows = [
+        {
+            "dedupe_key": e.dedupe_key,
+            "voice_id": e.voice_id,
+            "broadcast_id": e.broadcast_id,
+            "payload": e.payload,
+            "received_at": e.received_at,
+            "quarantined": False,
+        }
+        for e in events
+    ]
+    stmt: Insert = (
+        _insert(conn.dialect.name)(WebhookEvent)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(WebhookEvent.id)
+    )
+    result = await conn.execute(stmt)
+    return sorted(int(i) for i in result.scalars().all())
+
+
+async def lock_unapplied(session: AsyncSession, ids: Sequence[int]) -> None:
+    """Take the write locks first (the event rows on PostgreSQL; the database on SQLite, so
+    that every later read of this transaction sees a consistent, locked state)."""
+    await session.execute(
+        update(WebhookEvent)
+        .where(WebhookEvent.id.in_(ids), WebhookEvent.applied_at.is_(None))
+        .values(error=WebhookEvent.error)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def load_unapplied(session: AsyncSession, ids: Sequence[int]) -> list[StoredEvent]:
+    rows = await session.execute(
+        select(
+            WebhookEvent.id,
+            WebhookEvent.voice_id,
+            WebhookEvent.broadcast_id,
+            WebhookEvent.payload,
+            WebhookEvent.received_at,
+        )
+        .where(
+            WebhookEvent.id.in_(ids),
+            WebhookEvent.applied_at.is_(None),
+            WebhookEvent.quarantined.is_(False),
+        )
+        .order_by(WebhookEvent.id)
+    )
+    return [StoredEvent(*row) for row in rows.all()]
+
+
+async def unapplied_event_ids(
+    session: AsyncSession, received_before: datetime, limit: int
+) -> list[int]:
+    """Events stored but never applied (a crash, a lost job, an early event waiting)."""
+    rows = await session.scalars(
+        select(WebhookEvent.id)
+        .where(
+            WebhookEvent.applied_at.is_(None),
+            WebhookEvent.quarantined.is_(False),
+            WebhookEvent.received_at < received_before,
+        )
+        .order_by(WebhookEvent.id)
+        .limit(limit)
+    )
+    return list(rows.all())
+
+
+async def attempt_ids_by_voice(session: AsyncSession, voice_ids: Iterable[str]) -> dict[str, int]:
+    wanted = list(set(voice_ids))
+    if not wanted:
+        return {}
+    rows = await session.execute(
+        select(CallAttempt.voice_id, CallAttempt.id).where(CallAttempt.voice_id.in_(wanted))
+    )
+    return {str(v): int(i) for v, i in rows.all()}
+
+
+async def known_broadcasts(session: AsyncSession, broadcast_ids: Iterable[str]) -> dict[str, str]:
+    """broadcast_id → batch id, for the broadcasts we submitted."""
+    wanted = list(set(broadcast_ids))
+    if not wanted:
+        return {}
+    rows = await session.execute(
+        select(Batch.broadcast_id, Batch.id).where(Batch.broadcast_id.in_(wanted))
+    )
+    return {str(b): str(i) for b, i in rows.all()}
+
+
+async def attempt_ids_by_batch_phone(
+    session: AsyncSession, pairs: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], int]:
+    """(batch id, E.164 phone) → attempt id."""
+    wanted = set(pairs)
+    if not wanted:
+        return {}
+    batches = {b for b, _ in wanted}
+    phones = {p for _, p in wanted}
+    rows = await session.execute(
+        select(CallAttempt.batch_id, CallAttempt.phone, CallAttempt.id).where(
+            CallAttempt.batch_id.in_(batches), CallAttempt.phone.in_(phones)
+        )
+    )
+    return {(b, p): int(i) for b, p, i in rows.all() if (b, p) in wanted}
+
+
+async def lock_attempts(session: AsyncSession, attempt_ids: Iterable[int]) -> list[CallAttempt]:
+    """The attempts, locked in id order (PostgreSQL `FOR UPDATE`; SQLite holds the database
+    write lock already)."""
+    ids = sorted(set(attempt_ids))
+    if not ids:
+        return []
+    stmt = select(CallAttempt).where(CallAttempt.id.in_(ids)).order_by(CallAttempt.id)
+    if _dialect(session) == "postgresql":
+        stmt = stmt.with_for_update()
+    return list((await session.scalars(stmt)).all())
+
+
+async def broadcast_ids_of_batches(
+    session: AsyncSession, batch_ids: Iterable[str]
+) -> dict[str, str | None]:
+    wanted = list(set(batch_ids))
+    if not wanted:
+        return {}
+    rows = await session.execute(select(Batch.id, Batch.broadcast_id).where(Batch.id.in_(wanted)))
+    return {str(i): b for i, b in rows.all()}
+
+
+async def campaign_definitions(
+    session: AsyncSession, campaign_ids: Iterable[int]
+) -> dict[int, dict[str, Any]]:
+    wanted = list(set(campaign_ids))
+    if not wanted:
+        return {}
+    rows = await session.execute(
+        select(Campaign.id, Campaign.definition).where(Campaign.id.in_(wanted))
+    )
+    return {int(i): d for i, d in rows.all()}
+
+
+async def contact_attributes(
+    session: AsyncSession, recipient_ids: Iterable[int]
+) -> dict[int, dict[str, Any]]:
+    """recipient id → its contact's attributes (with `name` and `phone` too)."""
+    wanted = list(set(recipient_ids))
+    if not wanted:
+        return {}
+    rows = await session.execute(
+        select(Recipient.id, Contact.attributes, Contact.name, Contact.phone)
+        .join(Contact, Contact.id == Recipient.contact_id)
+        .where(Recipient.id.in_(wanted))
+    )
+    out: dict[int, dict[str, Any]] = {}
+    for rid, attributes, name, phone in rows.all():
+        merged: dict[str, Any] = {"phone": phone}
+        if name is not None:
+            merged["name"] = name
+        merged.update(attributes or {})
+        out[int(rid)] = merged
+    return out
+
+
+async def upsert_answer(
+    session: AsyncSession,
+    *,
+    attempt_id: int,
+    recipient_id: int,
+    question_key: str,
+    input_kind: str,
+    raw: str | None,
+    confidence: float | None,
+    label: str | None,
+    valid: bool,
+    received_at: datetime,
+) -> None:
+    """One answer per (attempt, question): a later write for the same question replaces it."""
+    values = {
+        "attempt_id": attempt_id,
+        "recipient_id": recipient_id,
+        "question_key": question_key,
+        "input_kind": input_kind,
+        "raw": raw,
+        "confidence": confidence,
+        "label": label,
+        "valid": valid,
+        "received_at": received_at,
+    }
+    stmt = _insert(_dialect(session))(Answer).values(values)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["attempt_id", "question_key"],
+        set_={
+            k: stmt.excluded[k]
+            for k in ("input_kind", "raw", "confidence", "label", "valid", "received_at")
+        },
+    )
+    await session.execute(stmt)
+
+
+async def add_opt_out(session: AsyncSession, phone: str, now: datetime, reason: str) -> None:
+    stmt = (
+        _insert(_dialect(session))(DncNumber)
+        .values(phone=phone, source="opt-out", reason=reason, added_at=now)
+        .on_conflict_do_nothing(index_elements=["phone"])
+    )
+    await session.execute(stmt)
+
+
+async def mark_applied(
+    session: AsyncSession, ids: Sequence[int], now: datetime, error: str | None = None
+) -> None:
+    if ids:
+        await session.execute(
+            update(WebhookEvent)
+            .where(WebhookEvent.id.in_(ids))
+            .values(applied_at=now, error=error)
+            .execution_options(synchronize_session=False)
+        )
+
+
+async def quarantine(session: AsyncSession, ids: Sequence[int], reason: str) -> None:
+    if ids:
+        await session.execute(
+            update(WebhookEvent)
+            .where(WebhookEvent.id.in_(ids))
+            .values(quarantined=True, error=reason)
+            .execution_options(synchronize_session=False)
+        )
+
+
+async def ended_unsettled(session: AsyncSession, ended_before: datetime, limit: int) -> list[int]:
+    """Attempts whose call ended before `ended_before` but were never settled (their settle
+    waited for a reordered event that never came)."""
+    rows = await session.scalars(
+        select(CallAttempt.id)
+        .where(
+            CallAttempt.state == AttemptState.ENDED,
+            CallAttempt.settled_at.is_(None),
+            CallAttempt.ended_at < ended_before,
+        )
+        .order_by(CallAttempt.id)
+        .limit(limit)
+    )
+    return list(rows.all())

@@ -1,0 +1,174 @@
+"""The dispatcher's claims against real SQL and Redis: rules 1 and 2 of the design."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from arq import create_pool
+from arq.connections import ArqRedis, RedisSettings
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from campaigns import engine
+from campaigns.db import async_session_factory, make_async_engine
+from campaigns.models import (
+    Batch,
+    CallAttempt,
+    DncNumber,
+    Recipient,
+    RecipientStatus,
+)
+from campaigns.outcomes import settle_attempt
+from campaigns.pacing import Pacer
+from campaigns.scheduling import Outcome
+from tests.integration.factories import campaign_toml, create_campaign, make_list, us_numbers
+
+
+@pytest.fixture
+async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    eng = make_async_engine(database_url)
+    yield async_session_factory(eng)
+    await eng.dispose()
+
+
+@pytest.fixture
+async def arq_redis(redis_url: str) -> AsyncIterator[ArqRedis]:
+    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+    yield pool
+    await pool.aclose()
+
+
+async def _dispatch_until_empty(
+    sessions: async_sessionmaker[AsyncSession], redis: ArqRedis, campaign_id: int,
+    now: datetime, parallel: int = 1,
+) -> int:
+    pacer = Pacer(redis)
+    claimed = 0
+    for _ in range(200):
+        results = await asyncio.gather(*(
+            engine.dispatch_campaign(sessions, redis, pacer, campaign_id, now)
+            for _ in range(parallel)
+        ))
+        got = sum(r.claimed for r in results)
+        claimed += got
+        if got == 0:
+            break
+    return claimed
+
+
+async def test_concurrent_dispatchers_claim_every_recipient_exactly_once(
+    database_url: str, sessions: async_sessionmaker[AsyncSession], arq_redis: ArqRedis
+) -> None:
+    make_list(database_url, us_numbers(600))
+    campaign_id = await create_campaign(database_url, campaign_toml(batch_size=50))
+    claimed = await _dispatch_until_empty(sessions, arq_redis, campaign_id,
+                                          datetime.now(UTC), parallel=4)
+    assert claimed == 600
+    async with sessions() as session:
+        per_recipient = (await session.execute(
+            select(CallAttempt.recipient_id, func.count()).group_by(CallAttempt.recipient_id)
+        )).all()
+        assert len(per_recipient) == 600
+        assert {n for _, n in per_recipient} == {1}
+        sizes = (await session.scalars(select(Batch.size))).all()
+        assert sum(sizes) == 600
+        assert max(sizes) <= 50
+        statuses = set((await session.scalars(select(Recipient.status))).all())
+        assert statuses == {RecipientStatus.IN_FLIGHT}
+    # Each batch has its submit job queued under a deterministic id.
+    queued = await arq_redis.zcard("arq:queue")
+    assert queued == len(sizes)
+
+
+async def test_dnc_at_dispatch_time_suppresses_and_never_claims(
+    database_url: str, sessions: async_sessionmaker[AsyncSession], arq_redis: ArqRedis
+) -> None:
+    phones = us_numbers(20)
+    make_list(database_url, phones)
+    campaign_id = await create_campaign(database_url, campaign_toml())
+    async with sessions() as session, session.begin():  # added after the campaign started
+        await session.execute(insert(DncNumber).values(phone=phones[3], source="test"))
+    claimed = await _dispatch_until_empty(sessions, arq_redis, campaign_id, datetime.now(UTC))
+    assert claimed == 19
+    async with sessions() as session:
+        row = (await session.execute(
+            select(Recipient.status, Recipient.final_outcome, Recipient.attempts)
+            .where(Recipient.phone == phones[3])
+        )).one()
+        assert tuple(row) == (RecipientStatus.SUPPRESSED, "dnc", 0)
+        assert await session.scalar(
+            select(func.count()).select_from(CallAttempt).where(CallAttempt.phone == phones[3])
+        ) == 0
+
+
+async def test_recipients_outside_their_window_are_deferred_to_its_opening(
+    database_url: str, sessions: async_sessionmaker[AsyncSession], arq_redis: ArqRedis
+) -> None:
+    india = us_numbers(10)
+    new_york = us_numbers(10, start=100)
+    make_list(database_url, india + new_york,
+              zones=lambda p: "Asia/Kolkata" if p in india else "America/New_York")
+    window = 'days = "mon-sun"\nstart = "09:00"\nend = "20:00"\ntimezone = "recipient"'
+    campaign_id = await create_campaign(database_url, campaign_toml(window=window))
+    # 04:30 UTC on a Wednesday: 10:00 in Kolkata, 23:30 (Tuesday) in New York.
+    now = datetime(2026, 11, 25, 4, 30, tzinfo=UTC)
+    claimed = await _dispatch_until_empty(sessions, arq_redis, campaign_id, now)
+    assert claimed == 10
+    async with sessions() as session:
+        dialled = set((await session.scalars(select(CallAttempt.phone))).all())
+        assert dialled == set(india)
+        waiting = (await session.execute(
+            select(Recipient.status, Recipient.next_attempt_at)
+            .where(Recipient.phone.in_(new_york))
+        )).all()
+    # 09:00 in New York (EST, UTC-5) on Wednesday = 14:00 UTC.
+    assert {tuple(w) for w in waiting} == {
+        (RecipientStatus.PENDING, datetime(2026, 11, 25, 14, 0, tzinfo=UTC))
+    }
+    # At 14:00 UTC they become due (and Kolkata, at 19:30 there, is still open but done).
+    later = await _dispatch_until_empty(sessions, arq_redis, campaign_id,
+                                        datetime(2026, 11, 25, 14, 0, tzinfo=UTC))
+    assert later == 10
+
+
+async def test_retry_rules_and_the_attempt_limit_hold_at_claim_time(
+    database_url: str, sessions: async_sessionmaker[AsyncSession], arq_redis: ArqRedis
+) -> None:
+    make_list(database_url, us_numbers(5))
+    campaign_id = await create_campaign(
+        database_url, campaign_toml(max_attempts=2, interval="10m")
+    )
+    now = datetime.now(UTC)
+    assert await _dispatch_until_empty(sessions, arq_redis, campaign_id, now) == 5
+    async with sessions() as session, session.begin():
+        attempt_ids = (await session.scalars(select(CallAttempt.id))).all()
+        for attempt_id in attempt_ids:
+            decision = await settle_attempt(session, attempt_id=attempt_id,
+                                            outcome=Outcome.NO_ANSWER, now=now)
+            assert decision is not None
+            assert decision.status == "waiting_retry"
+            # Settling twice is a no-op.
+            assert await settle_attempt(session, attempt_id=attempt_id,
+                                        outcome=Outcome.BUSY, now=now) is None
+    # Not due yet: nothing claimed.
+    assert await _dispatch_until_empty(sessions, arq_redis, campaign_id, now) == 0
+    due = now + timedelta(minutes=10, seconds=1)
+    assert await _dispatch_until_empty(sessions, arq_redis, campaign_id, due) == 5
+    async with sessions() as session, session.begin():
+        for attempt_id in (await session.scalars(
+            select(CallAttempt.id).where(CallAttempt.attempt_no == 2)
+        )).all():
+            decision = await settle_attempt(session, attempt_id=attempt_id,
+                                            outcome=Outcome.NO_ANSWER, now=due)
+            assert decision is not None
+            assert (decision.status, decision.final_outcome) == ("failed", "no_answer")
+        # Even if a row were forced back to waiting_retry, the claim refuses attempt 3.
+        await session.execute(update(Recipient).values(status=RecipientStatus.WAITING_RETRY,
+                                                       next_attempt_at=None))
+    assert await _dispatch_until_empty(sessions, arq_redis, campaign_id,
+                                       due + timedelta(days=1)) == 0
+    async with sessions() as session:
+        assert set((await session.scalars(select(Recipient.attempts))).all()) == {2}

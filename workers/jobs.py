@@ -1,0 +1,78 @@
+"""The engine's arq jobs: thin, take ids, safe to run twice."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+from arq import Retry
+
+from campaigns import engine
+from campaigns.pacing import Pacer
+from workers.context import deps_of
+
+log = logging.getLogger(__name__)
+
+# The dispatch cron fires every second; within it the engine dispatches in sub-steps so the
+# calls-per-second budget is spent evenly through the second.
+SUBSTEPS = 5
+SUBMIT_MAX_TRIES = 12
+
+
+async def dispatch_tick(ctx: dict[str, Any]) -> str:
+    deps = deps_of(ctx)
+    pacer = ctx.setdefault("pacer", Pacer(deps.redis))
+    claimed = batches = 0
+    started = time.monotonic()
+    for step in range(SUBSTEPS):
+        result = await engine.dispatch_all(deps.sessions, deps.redis, pacer, deps.clock())
+        claimed += result.claimed
+        batches += len(result.batches)
+        delay = started + (step + 1) / SUBSTEPS - time.monotonic()
+        if step < SUBSTEPS - 1 and delay > 0:
+            await asyncio.sleep(delay)
+    return f"claimed {claimed} in {batches} batches"
+
+
+async def submit_batch(ctx: dict[str, Any], batch_id: str) -> str:
+    deps = deps_of(ctx)
+    outcome = await engine.submit_batch(
+        deps.sessions,
+        deps.enablex,
+        batch_id,
+        event_url=deps.settings.webhook_event_url,
+        now=deps.clock(),
+    )
+    if outcome.status == "retry":
+        tries = int(ctx.get("job_try", 1))
+        if tries >= SUBMIT_MAX_TRIES:
+            await engine.release_batch(
+                deps.sessions, batch_id, f"gave up after {tries} tries: {outcome.detail}",
+                deps.clock(),
+            )
+            return f"released after {tries} tries"
+        backoff = min(60.0, 0.5 * 2 ** (tries - 1))
+        defer = max(backoff, outcome.retry_after or 0.0)
+        log.info("batch %s: transient error (%s), retry in %.1fs", batch_id, outcome.detail,
+                 defer)
+        raise Retry(defer=timedelta(seconds=defer))
+    return f"{outcome.status} {outcome.detail}".strip()
+
+
+async def sweep(ctx: dict[str, Any]) -> str:
+    deps = deps_of(ctx)
+    settings = deps.settings
+    result = await engine.sweep(
+        deps.sessions,
+        deps.redis,
+        now=deps.clock(),
+        attempt_timeout=timedelta(seconds=settings.attempt_timeout_seconds),
+        submit_timeout=timedelta(seconds=settings.enablex_timeout * 3 + 30),
+    )
+    return (
+        f"settled {result.settled_unknown} unknown, {result.marked_unknown} batches unknown, "
+        f"{result.resubmitted} resubmitted, {result.campaigns_completed} campaigns completed"
+    )

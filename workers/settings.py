@@ -1,0 +1,76 @@
+"""arq worker settings: `campaign worker`, or `arq workers.settings.WorkerSettings`.
+
+Dependencies are built at start-up and closed at shutdown (workers/context.py). The
+settings come from the environment once, at this entry point.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from arq import cron
+from arq.connections import RedisSettings
+from arq.worker import Worker
+
+from campaigns.config import Settings
+from campaigns.models import utcnow
+from workers import jobs
+from workers.context import build_deps, close_deps
+from workers.event_jobs import EVENT_CRON_JOBS, EVENT_FUNCTIONS
+
+EVERY_SECOND = set(range(60))
+EVERY_5_SECONDS = set(range(0, 60, 5))
+
+
+def worker_options(
+    settings: Settings, redis_url: str, *, clock: Callable[[], datetime] = utcnow
+) -> dict[str, Any]:
+    """Keyword arguments for `arq.worker.Worker`, for this deployment's settings."""
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        ctx["deps"] = await build_deps(settings, ctx["redis"], clock=clock)
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        deps = ctx.get("deps")
+        if deps is not None:
+            await close_deps(deps)
+
+    return {
+        "functions": [jobs.submit_batch, *EVENT_FUNCTIONS],
+        "cron_jobs": [
+            cron(jobs.dispatch_tick, second=EVERY_SECOND, run_at_startup=True, timeout=30,
+                 max_tries=1),
+            cron(jobs.sweep, second=EVERY_5_SECONDS, timeout=120, max_tries=1),
+            *EVENT_CRON_JOBS,
+        ],
+        "redis_settings": RedisSettings.from_dsn(redis_url),
+        "queue_name": settings.queue_name,
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "poll_delay": settings.worker_poll_delay,
+        "max_jobs": settings.worker_max_jobs,
+        "max_tries": jobs.SUBMIT_MAX_TRIES + 1,
+        "job_timeout": 120,
+        "keep_result": 60,
+        "handle_signals": True,
+    }
+
+
+def make_worker(
+    settings: Settings, redis_url: str, *, clock: Callable[[], datetime] = utcnow, **extra: Any
+) -> Worker:
+    options = worker_options(settings, redis_url, clock=clock)
+    options.update(extra)
+    return Worker(**options)
+
+
+def __getattr__(name: str) -> Any:
+    """`arq workers.settings.WorkerSettings`: built on first access, from the environment
+    (REDIS_URL must be set for this form; `campaign worker` can start a private Redis)."""
+    if name == "WorkerSettings":
+        settings = Settings.from_env(os.environ)
+        return worker_options(settings, settings.redis_url or "redis://127.0.0.1:6379")
+    raise AttributeError(name)
