@@ -32,7 +32,7 @@ from campaigns.scheduling import (
     campaign_active,
     dispatch_allowance,
     in_window,
-    next_window_start,
+    next_allowed_start,
     zones_of,
 )
 from campaigns.store import campaigns as campaign_store
@@ -81,8 +81,6 @@ async def dispatch_campaign(
         if campaign is None or campaign.status != CampaignStatus.RUNNING:
             return result
         definition = campaign_definition(campaign_id, campaign.definition)
-        if not campaign_active(definition, now):
-            return result
         in_flight = await store.in_flight_count(session, campaign_id)
     pacing = definition.pacing
     burst = _burst(pacing.calls_per_second)
@@ -110,6 +108,30 @@ async def dispatch_campaign(
     return result
 
 
+def callable_now(definition: CampaignDefinition, time_zones: str | None, now: datetime) -> bool:
+    """Rule 2: inside the calling window, and within the campaign's dates, in every one of
+    the recipient's zones (a number with no known zone is never callable)."""
+    zones = zones_of(time_zones, definition.window)
+    return (
+        bool(zones)
+        and in_window(definition.window, zones, now)
+        and campaign_active(definition, now, zones)
+    )
+
+
+def next_opening(
+    definition: CampaignDefinition, time_zones: str | None, now: datetime
+) -> datetime | None:
+    """When the recipient may next be called; None if never again."""
+    return next_allowed_start(
+        definition.window,
+        zones_of(time_zones, definition.window),
+        now,
+        start_date=definition.start_date,
+        end_date=definition.end_date,
+    )
+
+
 async def _claim(
     session: AsyncSession,
     definition: CampaignDefinition,
@@ -120,7 +142,6 @@ async def _claim(
 ) -> list[store.Claimed]:
     max_attempts = definition.retry.max_attempts
     candidates = await store.due_candidates(session, campaign_id, now, want * 2, max_attempts)
-    window = definition.window
     open_by_zones: dict[str | None, bool] = {}
     callable_ids: list[int] = []
     dnc_ids: list[int] = []
@@ -130,15 +151,12 @@ async def _claim(
             dnc_ids.append(cand.recipient_id)
             continue
         if cand.time_zones not in open_by_zones:
-            open_by_zones[cand.time_zones] = in_window(
-                window, zones_of(cand.time_zones, window), now
-            )
+            open_by_zones[cand.time_zones] = callable_now(definition, cand.time_zones, now)
         if open_by_zones[cand.time_zones]:
             if len(callable_ids) < want:
                 callable_ids.append(cand.recipient_id)
         else:
-            zones = zones_of(cand.time_zones, window)
-            later.append((cand.recipient_id, next_window_start(window, zones, now)))
+            later.append((cand.recipient_id, next_opening(definition, cand.time_zones, now)))
     result.suppressed = await store.suppress(session, dnc_ids, now)
     result.deferred = len(later)
     await store.defer(session, later, now)
@@ -196,7 +214,11 @@ async def submit_batch(
         if campaign.status != CampaignStatus.RUNNING:
             await store.release_attempts(session, [m.attempt_id for m in members], now)
             await store.set_batch_state(
-                session, batch_id, BatchState.RELEASED, expect=[BatchState.CLAIMED], now=now,
+                session,
+                batch_id,
+                BatchState.RELEASED,
+                expect=[BatchState.CLAIMED],
+                now=now,
                 error=f"campaign {campaign.status} before submission",
             )
             return SubmitOutcome("released", f"campaign {campaign.status}")
@@ -204,13 +226,22 @@ async def submit_batch(
         members = await _recheck(session, definition, members, now)
         if not members:
             await store.set_batch_state(
-                session, batch_id, BatchState.RELEASED, expect=[BatchState.CLAIMED], now=now,
+                session,
+                batch_id,
+                BatchState.RELEASED,
+                expect=[BatchState.CLAIMED],
+                now=now,
                 error="no member callable at submission",
             )
             return SubmitOutcome("released", "no member callable")
         await store.set_batch_state(
-            session, batch_id, BatchState.SUBMITTING, expect=[BatchState.CLAIMED], now=now,
-            submit_tries=batch.submit_tries + 1, submitted_at=now,
+            session,
+            batch_id,
+            BatchState.SUBMITTING,
+            expect=[BatchState.CLAIMED],
+            now=now,
+            submit_tries=batch.submit_tries + 1,
+            submitted_at=now,
         )
     retries = definition.retry.max_attempts - 1 if definition.platform_retries else 0
     interval_ms = int(definition.retry.delays[0].total_seconds() * 1000) if retries else 0
@@ -229,33 +260,51 @@ async def submit_batch(
     except (OutcomeUnknownError, BroadcastOutcomeUnknown) as exc:
         async with sessions() as session, session.begin():
             await store.set_batch_state(
-                session, batch_id, BatchState.UNKNOWN, expect=[BatchState.SUBMITTING],
-                now=now, error=str(exc),
+                session,
+                batch_id,
+                BatchState.UNKNOWN,
+                expect=[BatchState.SUBMITTING],
+                now=now,
+                error=str(exc),
             )
         log.warning("batch %s: submission outcome unknown (%s); not resubmitted", batch_id, exc)
         return SubmitOutcome("unknown", str(exc))
     except TransientEnablexError as exc:
         async with sessions() as session, session.begin():
             await store.set_batch_state(
-                session, batch_id, BatchState.CLAIMED, expect=[BatchState.SUBMITTING],
-                now=now, error=str(exc),
+                session,
+                batch_id,
+                BatchState.CLAIMED,
+                expect=[BatchState.SUBMITTING],
+                now=now,
+                error=str(exc),
             )
         return SubmitOutcome("retry", str(exc), exc.retry_after)
     except EnablexRejection as exc:
         async with sessions() as session, session.begin():
             await store.set_batch_state(
-                session, batch_id, BatchState.FAILED, expect=[BatchState.SUBMITTING],
-                now=now, error=str(exc),
+                session,
+                batch_id,
+                BatchState.FAILED,
+                expect=[BatchState.SUBMITTING],
+                now=now,
+                error=str(exc),
             )
             for attempt_id in await store.unsettled_attempt_ids(session, batch_id):
-                await settle_attempt(session, attempt_id=attempt_id, outcome=Outcome.FAILED,
-                                     now=now)
+                await settle_attempt(
+                    session, attempt_id=attempt_id, outcome=Outcome.FAILED, now=now
+                )
         log.error("batch %s rejected by EnableX: %s", batch_id, exc)
         return SubmitOutcome("failed", str(exc))
     async with sessions() as session, session.begin():
         await store.set_batch_state(
-            session, batch_id, BatchState.SUBMITTED, expect=[BatchState.SUBMITTING, BatchState.UNKNOWN],
-            now=now, broadcast_id=created.broadcast_id, error=None,
+            session,
+            batch_id,
+            BatchState.SUBMITTED,
+            expect=[BatchState.SUBMITTING, BatchState.UNKNOWN],
+            now=now,
+            broadcast_id=created.broadcast_id,
+            error=None,
         )
     return SubmitOutcome("submitted", created.broadcast_id)
 
@@ -272,19 +321,17 @@ async def _recheck(
     dnc = set(
         (await session.scalars(select(DncNumber.phone).where(DncNumber.phone.in_(phones)))).all()
     )
-    window = definition.window
     keep: list[store.BatchMember] = []
     release: list[int] = []
     later: dict[int, datetime | None] = {}
     suppressed: list[int] = []
     for m in members:
-        zones = zones_of(m.time_zones, window)
         if m.phone in dnc:
             release.append(m.attempt_id)
             suppressed.append(m.recipient_id)
-        elif not in_window(window, zones, now) or not campaign_active(definition, now):
+        elif not callable_now(definition, m.time_zones, now):
             release.append(m.attempt_id)
-            later[m.recipient_id] = next_window_start(window, zones, now)
+            later[m.recipient_id] = next_opening(definition, m.time_zones, now)
         else:
             keep.append(m)
     if release:
@@ -300,7 +347,11 @@ async def release_batch(
     """Give up on a batch that was never accepted by EnableX: its claims are undone."""
     async with sessions() as session, session.begin():
         if await store.set_batch_state(
-            session, batch_id, BatchState.RELEASED, expect=[BatchState.CLAIMED], now=now,
+            session,
+            batch_id,
+            BatchState.RELEASED,
+            expect=[BatchState.CLAIMED],
+            now=now,
             error=reason,
         ):
             await store.release_attempts(
@@ -334,7 +385,11 @@ async def sweep(
             session, BatchState.SUBMITTING, now - submit_timeout
         ):
             if await store.set_batch_state(
-                session, batch_id, BatchState.UNKNOWN, expect=[BatchState.SUBMITTING], now=now,
+                session,
+                batch_id,
+                BatchState.UNKNOWN,
+                expect=[BatchState.SUBMITTING],
+                now=now,
                 error="worker stopped during submission; outcome unknown",
             ):
                 result.marked_unknown += 1
@@ -344,8 +399,9 @@ async def sweep(
     result.resubmitted = len(stranded)
     async with sessions() as session, session.begin():
         for attempt_id in await store.stale_attempts(session, now - attempt_timeout, 1000):
-            if await settle_attempt(session, attempt_id=attempt_id, outcome=Outcome.UNKNOWN,
-                                    now=now):
+            if await settle_attempt(
+                session, attempt_id=attempt_id, outcome=Outcome.UNKNOWN, now=now
+            ):
                 result.settled_unknown += 1
         result.batches_completed = await store.complete_settled_batches(session, now)
     async with sessions() as session, session.begin():

@@ -68,6 +68,16 @@ class TransientEnablexError(EnablexError):
         super().__init__(message)
 
 
+class OutcomeUnknownError(TransientEnablexError):
+    """A request that creates calls (POST /broadcast, POST /call) may have reached EnableX.
+
+    Raised when the request was sent but no answer came back (read/write timeout, connection
+    dropped mid-request) or a gateway answered 502/504. The broadcast MAY exist: the caller
+    must not resubmit blindly (it would call people twice) but reconcile first. Being a
+    TransientEnablexError, it is still "not a permanent rejection".
+    """
+
+
 class EnablexRejection(EnablexError):
     """A permanent 4xx answer: never retried. Carries the provider's status and message."""
 
@@ -75,6 +85,14 @@ class EnablexRejection(EnablexError):
         self.status_code = status_code
         self.error_code = error_code
         super().__init__(f"EnableX rejected the request (HTTP {status_code}): {message}")
+
+
+class BroadcastOutcomeUnknown(EnablexError):
+    """EnableX answered 2xx to a create request but the answer is unreadable or has no id.
+
+    The broadcast (or call) MAY exist: never resubmit blindly; mark the batch unknown and
+    reconcile. Not transient: retrying the same request cannot make the first one readable.
+    """
 
 
 class WebhookDecodeError(CampaignError):

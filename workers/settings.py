@@ -41,8 +41,13 @@ def worker_options(
     return {
         "functions": [jobs.submit_batch, *EVENT_FUNCTIONS],
         "cron_jobs": [
-            cron(jobs.dispatch_tick, second=EVERY_SECOND, run_at_startup=True, timeout=30,
-                 max_tries=1),
+            cron(
+                jobs.dispatch_tick,
+                second=EVERY_SECOND,
+                run_at_startup=True,
+                timeout=30,
+                max_tries=1,
+            ),
             cron(jobs.sweep, second=EVERY_5_SECONDS, timeout=120, max_tries=1),
             *EVENT_CRON_JOBS,
         ],

@@ -50,11 +50,19 @@ def create(file: Path, as_json: bool) -> None:
 
     campaign_id = run_in_session(load_settings(), work)
     if as_json:
-        echo_json({"campaign_id": campaign_id, "name": definition.name,
-                   "list": definition.list_name, "status": "draft"})
+        echo_json(
+            {
+                "campaign_id": campaign_id,
+                "name": definition.name,
+                "list": definition.list_name,
+                "status": "draft",
+            }
+        )
     else:
-        click.echo(f"created campaign {campaign_id} ({definition.name!r}, list "
-                   f"{definition.list_name!r}); start it with: campaign start {campaign_id}")
+        click.echo(
+            f"created campaign {campaign_id} ({definition.name!r}, list "
+            f"{definition.list_name!r}); start it with: campaign start {campaign_id}"
+        )
 
 
 @click.command()
@@ -76,8 +84,10 @@ def start(campaign_id: int) -> None:
         return total, counts.by_status.get(RecipientStatus.SUPPRESSED, 0)
 
     total, suppressed = run_in_session(load_settings(), work)
-    click.echo(f"campaign {campaign_id} running: {total} recipients "
-               f"({suppressed} suppressed by the do-not-call list)")
+    click.echo(
+        f"campaign {campaign_id} running: {total} recipients "
+        f"({suppressed} suppressed by the do-not-call list)"
+    )
 
 
 def _simple_transition(command: str, done: str) -> click.Command:
@@ -125,9 +135,14 @@ def list_campaigns(as_json: bool) -> None:
 
     async def work(session: AsyncSession) -> list[dict[str, Any]]:
         return [
-            {"id": c.id, "name": c.name, "status": c.status, "recipients": c.recipients_total,
-             "created_at": c.created_at.isoformat(),
-             "started_at": c.started_at.isoformat() if c.started_at else None}
+            {
+                "id": c.id,
+                "name": c.name,
+                "status": c.status,
+                "recipients": c.recipients_total,
+                "created_at": c.created_at.isoformat(),
+                "started_at": c.started_at.isoformat() if c.started_at else None,
+            }
             for c in await store.list_campaigns(session)
         ]
 
@@ -182,9 +197,11 @@ def status(campaign_id: int, as_json: bool, watch: bool) -> None:
         echo_json(data)
         return
     console = Console()
-    console.print(f"[bold]campaign {campaign_id}[/bold] {data['name']!r}: {data['status']}, "
-                  f"{data['finished']}/{data['recipients']} finished, "
-                  f"{data['attempts']} attempts ({data['attempts_open']} open)")
+    console.print(
+        f"[bold]campaign {campaign_id}[/bold] {data['name']!r}: {data['status']}, "
+        f"{data['finished']}/{data['recipients']} finished, "
+        f"{data['attempts']} attempts ({data['attempts_open']} open)"
+    )
     table = Table()
     table.add_column("recipient status")
     table.add_column("count", justify="right")

@@ -37,5 +37,7 @@ def worker(burst: bool) -> None:
     with redis_for(settings.redis_url) as redis_url:
         arq_worker = make_worker(settings, redis_url, burst=burst)
         arq_worker.run()
-        click.echo(f"worker stopped: {arq_worker.jobs_complete} jobs complete, "
-                   f"{arq_worker.jobs_failed} failed, {arq_worker.jobs_retried} retried")
+        click.echo(
+            f"worker stopped: {arq_worker.jobs_complete} jobs complete, "
+            f"{arq_worker.jobs_failed} failed, {arq_worker.jobs_retried} retried"
+        )

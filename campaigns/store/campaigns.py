@@ -121,21 +121,34 @@ async def fan_out_recipients(session: AsyncSession, campaign: Campaign, now: dat
         Contact.id,
         Contact.phone,
         Contact.time_zones,
-        case((on_dnc, literal(RecipientStatus.SUPPRESSED.value)),
-             else_=literal(RecipientStatus.PENDING.value)),
+        case(
+            (on_dnc, literal(RecipientStatus.SUPPRESSED.value)),
+            else_=literal(RecipientStatus.PENDING.value),
+        ),
         literal(0),
         case((on_dnc, literal(DNC_OUTCOME)), else_=literal(None)),
         literal(now, type_=Recipient.__table__.c.updated_at.type),
     ).where(Contact.list_id == campaign.list_id)
     statement = insert(Recipient).from_select(
-        ["campaign_id", "contact_id", "phone", "time_zones", "status", "attempts",
-         "final_outcome", "updated_at"],
+        [
+            "campaign_id",
+            "contact_id",
+            "phone",
+            "time_zones",
+            "status",
+            "attempts",
+            "final_outcome",
+            "updated_at",
+        ],
         rows,
     )
     await session.execute(statement)
-    total = await session.scalar(
-        select(func.count()).select_from(Recipient).where(Recipient.campaign_id == campaign.id)
-    ) or 0
+    total = (
+        await session.scalar(
+            select(func.count()).select_from(Recipient).where(Recipient.campaign_id == campaign.id)
+        )
+        or 0
+    )
     await session.execute(
         update(Campaign).where(Campaign.id == campaign.id).values(recipients_total=total)
     )
@@ -177,9 +190,14 @@ class StatusCounts:
     @property
     def finished(self) -> int:
         return sum(
-            n for s, n in self.by_status.items()
-            if s not in (RecipientStatus.PENDING, RecipientStatus.WAITING_RETRY,
-                         RecipientStatus.IN_FLIGHT)
+            n
+            for s, n in self.by_status.items()
+            if s
+            not in (
+                RecipientStatus.PENDING,
+                RecipientStatus.WAITING_RETRY,
+                RecipientStatus.IN_FLIGHT,
+            )
         )
 
 
@@ -199,27 +217,36 @@ async def status_counts(session: AsyncSession, campaign_id: int) -> StatusCounts
         for o, n in (
             await session.execute(
                 select(Recipient.final_outcome, func.count())
-                .where(Recipient.campaign_id == campaign_id,
-                       Recipient.final_outcome.is_not(None))
+                .where(Recipient.campaign_id == campaign_id, Recipient.final_outcome.is_not(None))
                 .group_by(Recipient.final_outcome)
             )
         ).all()
     }
-    attempts = await session.scalar(
-        select(func.count()).select_from(CallAttempt).where(CallAttempt.campaign_id == campaign_id)
-    ) or 0
-    attempts_open = await session.scalar(
-        select(func.count()).select_from(CallAttempt).where(
-            and_(CallAttempt.campaign_id == campaign_id, CallAttempt.settled_at.is_(None))
+    attempts = (
+        await session.scalar(
+            select(func.count())
+            .select_from(CallAttempt)
+            .where(CallAttempt.campaign_id == campaign_id)
         )
-    ) or 0
+        or 0
+    )
+    attempts_open = (
+        await session.scalar(
+            select(func.count())
+            .select_from(CallAttempt)
+            .where(and_(CallAttempt.campaign_id == campaign_id, CallAttempt.settled_at.is_(None)))
+        )
+        or 0
+    )
     return StatusCounts(by_status, by_outcome, int(attempts), int(attempts_open))
 
 
 async def complete_if_finished(session: AsyncSession, campaign_id: int, now: datetime) -> bool:
     """Mark a running campaign completed when no recipient can be called any more."""
     open_left = await session.scalar(
-        select(func.count()).select_from(Recipient).where(
+        select(func.count())
+        .select_from(Recipient)
+        .where(
             Recipient.campaign_id == campaign_id,
             Recipient.status.in_((*OPEN_RECIPIENT, RecipientStatus.IN_FLIGHT)),
         )

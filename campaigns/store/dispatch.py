@@ -64,9 +64,9 @@ def _is_postgres(session: AsyncSession) -> bool:
 async def in_flight_count(session: AsyncSession, campaign_id: int) -> int:
     """Recipients with a live attempt: the concurrency that the cap is measured against."""
     count = await session.scalar(
-        select(func.count()).select_from(Recipient).where(
-            Recipient.campaign_id == campaign_id, Recipient.status == RecipientStatus.IN_FLIGHT
-        )
+        select(func.count())
+        .select_from(Recipient)
+        .where(Recipient.campaign_id == campaign_id, Recipient.status == RecipientStatus.IN_FLIGHT)
     )
     return int(count or 0)
 
@@ -147,9 +147,7 @@ async def claim(
             Recipient.status.in_(OPEN_RECIPIENT),
             Recipient.attempts < max_attempts,
         )
-        .values(
-            status=RecipientStatus.IN_FLIGHT, attempts=Recipient.attempts + 1, updated_at=now
-        )
+        .values(status=RecipientStatus.IN_FLIGHT, attempts=Recipient.attempts + 1, updated_at=now)
         .returning(Recipient.id, Recipient.phone, Recipient.attempts)
     )
     return [Claimed(r.id, r.phone, r.attempts) for r in result.all()]
@@ -261,8 +259,12 @@ async def release_attempts(
         return 0
     rows = (
         await session.execute(
-            select(CallAttempt.id, CallAttempt.recipient_id, CallAttempt.attempt_no, CallAttempt.batch_id)
-            .where(CallAttempt.id.in_(attempt_ids), CallAttempt.settled_at.is_(None))
+            select(
+                CallAttempt.id,
+                CallAttempt.recipient_id,
+                CallAttempt.attempt_no,
+                CallAttempt.batch_id,
+            ).where(CallAttempt.id.in_(attempt_ids), CallAttempt.settled_at.is_(None))
         )
     ).all()
     for attempt_id, recipient_id, attempt_no, _batch in rows:
@@ -308,8 +310,10 @@ async def stale_attempts(session: AsyncSession, older_than: datetime, limit: int
         .where(
             CallAttempt.settled_at.is_(None),
             Batch.state.in_((BatchState.SUBMITTED, BatchState.UNKNOWN)),
-            func.coalesce(CallAttempt.ended_at, CallAttempt.started_at, Batch.submitted_at,
-                          Batch.created_at) < older_than,
+            func.coalesce(
+                CallAttempt.ended_at, CallAttempt.started_at, Batch.submitted_at, Batch.created_at
+            )
+            < older_than,
         )
         .order_by(CallAttempt.id)
         .limit(limit)

@@ -33,16 +33,22 @@ def make_list(
     try:
         with engine.begin() as conn:
             list_id = conn.execute(
-                insert(ContactList).values(name=name, rows_total=len(phones),
-                                           imported=len(phones)).returning(ContactList.id)
+                insert(ContactList)
+                .values(name=name, rows_total=len(phones), imported=len(phones))
+                .returning(ContactList.id)
             ).scalar_one()
             conn.execute(
                 insert(Contact),
                 [
-                    {"list_id": list_id, "phone": phone, "name": f"Person {i}",
-                     "attributes": {"city": "Springfield"}, "region": "US",
-                     "time_zones": zones(phone) if callable(zones) else zones,
-                     "source_row": i + 2}
+                    {
+                        "list_id": list_id,
+                        "phone": phone,
+                        "name": f"Person {i}",
+                        "attributes": {"city": "Springfield"},
+                        "region": "US",
+                        "time_zones": zones(phone) if callable(zones) else zones,
+                        "source_row": i + 2,
+                    }
                     for i, phone in enumerate(phones)
                 ],
             )
@@ -97,8 +103,9 @@ batch_size = {batch_size}
 """
 
 
-async def create_campaign(database_url: str, toml_text: str, *, start: bool = True,
-                          now: datetime | None = None) -> int:
+async def create_campaign(
+    database_url: str, toml_text: str, *, start: bool = True, now: datetime | None = None
+) -> int:
     definition = parse_definition(toml_text, source="test.toml")
     engine = make_async_engine(database_url)
     try:
@@ -107,8 +114,13 @@ async def create_campaign(database_url: str, toml_text: str, *, start: bool = Tr
             list_id = await campaign_store.list_id_by_name(session, definition.list_name)
             stamp = now or utcnow()
             campaign_id = await campaign_store.create_campaign(
-                session, name=definition.name, list_id=list_id, caller_id=definition.caller_id,
-                definition=definition_to_json(definition), source_file=None, now=stamp,
+                session,
+                name=definition.name,
+                list_id=list_id,
+                caller_id=definition.caller_id,
+                definition=definition_to_json(definition),
+                source_file=None,
+                now=stamp,
             )
             if start:
                 campaign = await campaign_store.transition(session, campaign_id, "start", stamp)
@@ -125,8 +137,9 @@ async def running_workers(
     """`count` real arq workers on one queue, in this event loop; stopped on exit."""
     from workers.settings import make_worker
 
-    workers = [make_worker(settings, redis_url, clock=clock, handle_signals=False)
-               for _ in range(count)]
+    workers = [
+        make_worker(settings, redis_url, clock=clock, handle_signals=False) for _ in range(count)
+    ]
     tasks = [asyncio.create_task(w.async_run()) for w in workers]
     try:
         yield workers

@@ -42,16 +42,21 @@ async def arq_redis(redis_url: str) -> AsyncIterator[ArqRedis]:
 
 
 async def _dispatch_until_empty(
-    sessions: async_sessionmaker[AsyncSession], redis: ArqRedis, campaign_id: int,
-    now: datetime, parallel: int = 1,
+    sessions: async_sessionmaker[AsyncSession],
+    redis: ArqRedis,
+    campaign_id: int,
+    now: datetime,
+    parallel: int = 1,
 ) -> int:
     pacer = Pacer(redis)
     claimed = 0
     for _ in range(200):
-        results = await asyncio.gather(*(
-            engine.dispatch_campaign(sessions, redis, pacer, campaign_id, now)
-            for _ in range(parallel)
-        ))
+        results = await asyncio.gather(
+            *(
+                engine.dispatch_campaign(sessions, redis, pacer, campaign_id, now)
+                for _ in range(parallel)
+            )
+        )
         got = sum(r.claimed for r in results)
         claimed += got
         if got == 0:
@@ -64,13 +69,16 @@ async def test_concurrent_dispatchers_claim_every_recipient_exactly_once(
 ) -> None:
     make_list(database_url, us_numbers(600))
     campaign_id = await create_campaign(database_url, campaign_toml(batch_size=50))
-    claimed = await _dispatch_until_empty(sessions, arq_redis, campaign_id,
-                                          datetime.now(UTC), parallel=4)
+    claimed = await _dispatch_until_empty(
+        sessions, arq_redis, campaign_id, datetime.now(UTC), parallel=4
+    )
     assert claimed == 600
     async with sessions() as session:
-        per_recipient = (await session.execute(
-            select(CallAttempt.recipient_id, func.count()).group_by(CallAttempt.recipient_id)
-        )).all()
+        per_recipient = (
+            await session.execute(
+                select(CallAttempt.recipient_id, func.count()).group_by(CallAttempt.recipient_id)
+            )
+        ).all()
         assert len(per_recipient) == 600
         assert {n for _, n in per_recipient} == {1}
         sizes = (await session.scalars(select(Batch.size))).all()
@@ -94,14 +102,20 @@ async def test_dnc_at_dispatch_time_suppresses_and_never_claims(
     claimed = await _dispatch_until_empty(sessions, arq_redis, campaign_id, datetime.now(UTC))
     assert claimed == 19
     async with sessions() as session:
-        row = (await session.execute(
-            select(Recipient.status, Recipient.final_outcome, Recipient.attempts)
-            .where(Recipient.phone == phones[3])
-        )).one()
+        row = (
+            await session.execute(
+                select(Recipient.status, Recipient.final_outcome, Recipient.attempts).where(
+                    Recipient.phone == phones[3]
+                )
+            )
+        ).one()
         assert tuple(row) == (RecipientStatus.SUPPRESSED, "dnc", 0)
-        assert await session.scalar(
-            select(func.count()).select_from(CallAttempt).where(CallAttempt.phone == phones[3])
-        ) == 0
+        assert (
+            await session.scalar(
+                select(func.count()).select_from(CallAttempt).where(CallAttempt.phone == phones[3])
+            )
+            == 0
+        )
 
 
 async def test_recipients_outside_their_window_are_deferred_to_its_opening(
@@ -109,8 +123,11 @@ async def test_recipients_outside_their_window_are_deferred_to_its_opening(
 ) -> None:
     india = us_numbers(10)
     new_york = us_numbers(10, start=100)
-    make_list(database_url, india + new_york,
-              zones=lambda p: "Asia/Kolkata" if p in india else "America/New_York")
+    make_list(
+        database_url,
+        india + new_york,
+        zones=lambda p: "Asia/Kolkata" if p in india else "America/New_York",
+    )
     window = 'days = "mon-sun"\nstart = "09:00"\nend = "20:00"\ntimezone = "recipient"'
     campaign_id = await create_campaign(database_url, campaign_toml(window=window))
     # 04:30 UTC on a Wednesday: 10:00 in Kolkata, 23:30 (Tuesday) in New York.
@@ -120,17 +137,21 @@ async def test_recipients_outside_their_window_are_deferred_to_its_opening(
     async with sessions() as session:
         dialled = set((await session.scalars(select(CallAttempt.phone))).all())
         assert dialled == set(india)
-        waiting = (await session.execute(
-            select(Recipient.status, Recipient.next_attempt_at)
-            .where(Recipient.phone.in_(new_york))
-        )).all()
+        waiting = (
+            await session.execute(
+                select(Recipient.status, Recipient.next_attempt_at).where(
+                    Recipient.phone.in_(new_york)
+                )
+            )
+        ).all()
     # 09:00 in New York (EST, UTC-5) on Wednesday = 14:00 UTC.
     assert {tuple(w) for w in waiting} == {
         (RecipientStatus.PENDING, datetime(2026, 11, 25, 14, 0, tzinfo=UTC))
     }
     # At 14:00 UTC they become due (and Kolkata, at 19:30 there, is still open but done).
-    later = await _dispatch_until_empty(sessions, arq_redis, campaign_id,
-                                        datetime(2026, 11, 25, 14, 0, tzinfo=UTC))
+    later = await _dispatch_until_empty(
+        sessions, arq_redis, campaign_id, datetime(2026, 11, 25, 14, 0, tzinfo=UTC)
+    )
     assert later == 10
 
 
@@ -138,37 +159,106 @@ async def test_retry_rules_and_the_attempt_limit_hold_at_claim_time(
     database_url: str, sessions: async_sessionmaker[AsyncSession], arq_redis: ArqRedis
 ) -> None:
     make_list(database_url, us_numbers(5))
-    campaign_id = await create_campaign(
-        database_url, campaign_toml(max_attempts=2, interval="10m")
-    )
+    campaign_id = await create_campaign(database_url, campaign_toml(max_attempts=2, interval="10m"))
     now = datetime.now(UTC)
     assert await _dispatch_until_empty(sessions, arq_redis, campaign_id, now) == 5
     async with sessions() as session, session.begin():
         attempt_ids = (await session.scalars(select(CallAttempt.id))).all()
         for attempt_id in attempt_ids:
-            decision = await settle_attempt(session, attempt_id=attempt_id,
-                                            outcome=Outcome.NO_ANSWER, now=now)
+            decision = await settle_attempt(
+                session, attempt_id=attempt_id, outcome=Outcome.NO_ANSWER, now=now
+            )
             assert decision is not None
             assert decision.status == "waiting_retry"
             # Settling twice is a no-op.
-            assert await settle_attempt(session, attempt_id=attempt_id,
-                                        outcome=Outcome.BUSY, now=now) is None
+            assert (
+                await settle_attempt(session, attempt_id=attempt_id, outcome=Outcome.BUSY, now=now)
+                is None
+            )
     # Not due yet: nothing claimed.
     assert await _dispatch_until_empty(sessions, arq_redis, campaign_id, now) == 0
     due = now + timedelta(minutes=10, seconds=1)
     assert await _dispatch_until_empty(sessions, arq_redis, campaign_id, due) == 5
     async with sessions() as session, session.begin():
-        for attempt_id in (await session.scalars(
-            select(CallAttempt.id).where(CallAttempt.attempt_no == 2)
-        )).all():
-            decision = await settle_attempt(session, attempt_id=attempt_id,
-                                            outcome=Outcome.NO_ANSWER, now=due)
+        for attempt_id in (
+            await session.scalars(select(CallAttempt.id).where(CallAttempt.attempt_no == 2))
+        ).all():
+            decision = await settle_attempt(
+                session, attempt_id=attempt_id, outcome=Outcome.NO_ANSWER, now=due
+            )
             assert decision is not None
             assert (decision.status, decision.final_outcome) == ("failed", "no_answer")
         # Even if a row were forced back to waiting_retry, the claim refuses attempt 3.
-        await session.execute(update(Recipient).values(status=RecipientStatus.WAITING_RETRY,
-                                                       next_attempt_at=None))
-    assert await _dispatch_until_empty(sessions, arq_redis, campaign_id,
-                                       due + timedelta(days=1)) == 0
+        await session.execute(
+            update(Recipient).values(status=RecipientStatus.WAITING_RETRY, next_attempt_at=None)
+        )
+    assert (
+        await _dispatch_until_empty(sessions, arq_redis, campaign_id, due + timedelta(days=1)) == 0
+    )
     async with sessions() as session:
         assert set((await session.scalars(select(Recipient.attempts))).all()) == {2}
+
+
+async def test_sweeper_settles_lost_attempts_and_never_resubmits_an_unknown_batch(
+    database_url: str, sessions: async_sessionmaker[AsyncSession], arq_redis: ArqRedis
+) -> None:
+    make_list(database_url, us_numbers(30))
+    campaign_id = await create_campaign(
+        database_url, campaign_toml(max_attempts=2, batch_size=10, interval="5m")
+    )
+    start = datetime.now(UTC)
+    assert await _dispatch_until_empty(sessions, arq_redis, campaign_id, start) == 30
+    async with sessions() as session, session.begin():
+        batch_ids = list((await session.scalars(select(Batch.id).order_by(Batch.id))).all())
+        submitted, submitting, claimed = batch_ids
+        await session.execute(
+            update(Batch)
+            .where(Batch.id == submitted)
+            .values(state="submitted", broadcast_id="b-1", submitted_at=start)
+        )
+        # A worker died in the middle of POST /broadcast for this one.
+        await session.execute(
+            update(Batch)
+            .where(Batch.id == submitting)
+            .values(state="submitting", submitted_at=start + timedelta(minutes=5))
+        )
+    await arq_redis.delete("arq:queue")  # the claimed batch's job was lost too
+    later = start + timedelta(minutes=11)
+    result = await engine.sweep(
+        sessions,
+        arq_redis,
+        now=later,
+        attempt_timeout=timedelta(minutes=10),
+        submit_timeout=timedelta(minutes=1),
+    )
+    assert result.marked_unknown == 1
+    assert result.resubmitted == 1
+    async with sessions() as session:
+        states = dict((await session.execute(select(Batch.id, Batch.state))).all())
+        assert states[submitting] == "unknown"
+        assert states[claimed] == "claimed"
+        # The submitted batch's attempts had no final event: settled as unknown -> retry.
+        rows = (
+            await session.execute(
+                select(CallAttempt.outcome, Recipient.status, Recipient.next_attempt_at)
+                .join(Recipient, Recipient.id == CallAttempt.recipient_id)
+                .where(CallAttempt.batch_id == submitted)
+            )
+        ).all()
+    assert result.settled_unknown == 10
+    assert {(o, s) for o, s, _ in rows} == {("unknown", "waiting_retry")}
+    assert {n for _, _, n in rows} == {later + timedelta(minutes=5)}
+    # The stranded claimed batch is queued again under a new deterministic job id...
+    assert await arq_redis.zcard("arq:queue") == 1
+    # ...and the unknown batch is only settled after the attempt timeout, never resubmitted.
+    much_later = later + timedelta(minutes=11)
+    result = await engine.sweep(
+        sessions,
+        arq_redis,
+        now=much_later,
+        attempt_timeout=timedelta(minutes=10),
+        submit_timeout=timedelta(minutes=1),
+    )
+    assert result.settled_unknown == 10
+    async with sessions() as session:
+        assert (await session.get(Batch, submitting)).state == "completed"  # type: ignore[union-attr]
