@@ -30,7 +30,6 @@ from campaigns.poll import initial_play
 from campaigns.scheduling import (
     Outcome,
     campaign_active,
-    dispatch_allowance,
     in_window,
     next_allowed_start,
     zones_of,
@@ -41,9 +40,6 @@ from campaigns.store import dispatch as store
 log = logging.getLogger(__name__)
 
 SUBMIT_JOB = "submit_batch"
-# Share of a second's budget the bucket may hold: the tick dispatches in sub-steps, so the
-# rate stays smooth within each second instead of arriving in one burst.
-BURST_SECONDS = 0.25
 
 
 def submit_job_id(batch_id: str, generation: str = "0") -> str:
@@ -58,13 +54,19 @@ class TickResult:
     deferred: int = 0
 
 
-def _burst(rate: float) -> float:
-    return max(1.0, rate * BURST_SECONDS)
-
-
-async def _enqueue_submits(redis: ArqRedis, batch_ids: list[str], generation: str = "0") -> None:
+async def _enqueue_submits(
+    redis: ArqRedis,
+    batch_ids: list[str],
+    generation: str = "0",
+    not_before: datetime | None = None,
+) -> None:
     for batch_id in batch_ids:
-        await redis.enqueue_job(SUBMIT_JOB, batch_id, _job_id=submit_job_id(batch_id, generation))
+        await redis.enqueue_job(
+            SUBMIT_JOB,
+            batch_id,
+            _job_id=submit_job_id(batch_id, generation),
+            _defer_until=not_before,
+        )
 
 
 async def dispatch_campaign(
@@ -74,7 +76,12 @@ async def dispatch_campaign(
     campaign_id: int,
     now: datetime,
 ) -> TickResult:
-    """Claim the recipients of one running campaign that may be dialled now, in batches."""
+    """Claim the recipients of one running campaign that may be dialled now, in batches.
+
+    Each batch gets a paced slot first (rule 6) and is claimed within the concurrency cap;
+    its submit job is deferred to the slot's time. Stops when no slot is free within the
+    pacer's horizon, the cap is reached, or nobody else is due.
+    """
     result = TickResult()
     async with sessions() as session:
         campaign = await session.get(Campaign, campaign_id)
@@ -83,28 +90,33 @@ async def dispatch_campaign(
         definition = campaign_definition(campaign_id, campaign.definition)
         in_flight = await store.in_flight_count(session, campaign_id)
     pacing = definition.pacing
-    burst = _burst(pacing.calls_per_second)
-    want = dispatch_allowance(
-        max_concurrent=pacing.max_concurrent,
-        in_flight=in_flight,
-        tokens=burst + 1,
-        batch_size=max(pacing.batch_size, int(burst) + 1),
-    )
-    if want <= 0:
-        return result
-    granted = await pacer.take(campaign_id, rate=pacing.calls_per_second, burst=burst, want=want)
-    if granted <= 0:
-        return result
-    try:
-        async with sessions() as session, session.begin():
-            claimed = await _claim(session, definition, campaign_id, granted, now, result)
-            result.claimed = len(claimed)
-            result.batches = await store.create_batches(
-                session, campaign_id, claimed, pacing.batch_size, now
+    room = max(0, pacing.max_concurrent - in_flight)
+    while room > 0:
+        count = min(pacing.batch_size, room)
+        start = await pacer.slot(campaign_id, rate=pacing.calls_per_second, count=count)
+        if start is None:
+            break
+        claimed: list[store.Claimed] = []
+        try:
+            async with sessions() as session, session.begin():
+                claimed = await _claim(session, definition, campaign_id, count, now, result)
+                batch_ids = await store.create_batches(
+                    session, campaign_id, claimed, pacing.batch_size, now
+                )
+        finally:
+            await pacer.give_back(
+                campaign_id,
+                start=start,
+                rate=pacing.calls_per_second,
+                asked=count,
+                used=len(claimed),
             )
-    finally:
-        await pacer.give_back(campaign_id, count=granted - result.claimed, burst=burst)
-    await _enqueue_submits(redis, result.batches)
+        await _enqueue_submits(redis, batch_ids, not_before=start)
+        result.claimed += len(claimed)
+        result.batches += batch_ids
+        room -= len(claimed)
+        if len(claimed) < count:
+            break
     return result
 
 

@@ -38,7 +38,8 @@ __all__ = [
     "next_allowed_start",
     "next_window_start",
     "retry_delay",
-    "token_bucket",
+    "pacing_slot",
+    "PACING_MARGIN",
     "zones_of",
 ]
 
@@ -363,6 +364,11 @@ def decide_after_attempt(
 # --------------------------------------------------------------------------- pacing
 
 
+# Batches are spaced this much wider than `count / rate`: room for the jitter between
+# the slot time and the moment EnableX dials, so a one-second window never holds more.
+PACING_MARGIN = 1.03
+
+
 def dispatch_allowance(
     *, max_concurrent: int, in_flight: int, tokens: float, batch_size: int
 ) -> int:
@@ -372,14 +378,28 @@ def dispatch_allowance(
     return max(0, min(max_concurrent - in_flight, math.floor(tokens), batch_size))
 
 
-def token_bucket(
-    *, rate: float, burst: float, tokens: float, last: float, now: float, want: int
-) -> tuple[int, float]:
-    """Reference model of the Redis token bucket (`campaigns.pacing.TAKE` follows it step by
-    step): refill `rate` tokens a second since `last` (never backwards), cap at `burst`,
-    grant the whole tokens asked for that are there. Returns (granted, tokens left); the
-    caller stores `now` as the new `last`. A new bucket starts full: tokens=burst, last=now.
+def pacing_slot(
+    *,
+    rate: float,
+    count: int,
+    now: float,
+    tat: float,
+    lead: float,
+    horizon: float,
+    margin: float = PACING_MARGIN,
+) -> tuple[float | None, float]:
+    """Reference model of the Redis pacer (`campaigns.pacing.SLOT` follows it step by step).
+
+    A batch of `count` calls gets a start time `max(now + lead, tat)` and pushes the
+    theoretical arrival time `tat` on by `count / rate` (times `margin`, a few per cent of
+    room for submission jitter). Batches are so spaced that no one-second window holds more
+    than `rate` dials however many workers ask. A slot further than `horizon` seconds ahead
+    is refused (None): the dispatcher stops claiming until time catches up.
+    Returns (start or None, the new tat).
     """
-    tokens = min(burst, tokens + max(0.0, now - last) * rate)
-    granted = max(0, min(want, math.floor(tokens)))
-    return granted, tokens - granted
+    if count <= 0 or rate <= 0:
+        return None, tat
+    start = max(now + lead, tat)
+    if start - now > horizon:
+        return None, tat
+    return start, start + count / rate * margin

@@ -1,63 +1,93 @@
-"""The shared calls-per-second budget in real Redis."""
+"""The shared calls-per-second pacer in real Redis."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime
 
+import pytest
 from redis.asyncio import Redis
 
 from campaigns.pacing import Pacer
+from campaigns.scheduling import PACING_MARGIN
 
 
-async def test_bucket_grants_at_most_the_burst_then_refills_at_the_rate(redis_url: str) -> None:
+async def test_slots_are_spaced_by_count_over_rate(redis_url: str) -> None:
     redis = Redis.from_url(redis_url)
-    pacer = Pacer(redis)
+    pacer = Pacer(redis, lead=0.2, horizon=1.5)
     try:
-        assert await pacer.take(1, rate=10, burst=5, want=100) == 5
-        assert await pacer.take(1, rate=10, burst=5, want=100) == 0
-        await asyncio.sleep(0.35)
-        got = await pacer.take(1, rate=10, burst=5, want=100)
-        assert 2 <= got <= 4  # ~3.5 tokens refilled in 0.35 s
-        # Another campaign has its own bucket.
-        assert await pacer.take(2, rate=10, burst=5, want=3) == 3
+        before = time.time()
+        first = await pacer.slot(1, rate=10, count=5)
+        second = await pacer.slot(1, rate=10, count=5)
+        assert first is not None
+        assert second is not None
+        assert first.timestamp() == pytest.approx(before + 0.2, abs=0.05)
+        assert (second - first).total_seconds() == pytest.approx(0.5 * PACING_MARGIN, abs=1e-3)
+        # Another campaign has its own pacer.
+        other = await pacer.slot(2, rate=10, count=5)
+        assert other is not None
+        assert other.timestamp() == pytest.approx(before + 0.2, abs=0.05)
     finally:
         await redis.aclose()
 
 
-async def test_give_back_returns_unused_tokens_up_to_the_burst(redis_url: str) -> None:
+async def test_slots_beyond_the_horizon_are_refused(redis_url: str) -> None:
     redis = Redis.from_url(redis_url)
-    pacer = Pacer(redis)
+    pacer = Pacer(redis, lead=0.1, horizon=1.0)
     try:
-        assert await pacer.take(7, rate=1, burst=4, want=4) == 4
-        await pacer.give_back(7, count=3, burst=4)
-        assert await pacer.take(7, rate=1, burst=4, want=10) == 3
-        await pacer.give_back(7, count=100, burst=4)
-        assert await pacer.take(7, rate=1, burst=4, want=10) == 4
+        granted: list[datetime] = []
+        while (slot := await pacer.slot(3, rate=10, count=2)) is not None:
+            granted.append(slot)
+        # 0.1 s lead, 0.206 s apart, up to 1.0 s ahead: five slots.
+        assert len(granted) == 5
+        await asyncio.sleep(0.25)
+        assert await pacer.slot(3, rate=10, count=2) is not None
     finally:
         await redis.aclose()
 
 
-async def test_many_concurrent_takers_never_exceed_the_rate(redis_url: str) -> None:
-    """Eight 'workers' hammer one bucket for 1.5 s: the total stays within rate x time."""
+async def test_an_unused_slot_tail_is_given_back(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    pacer = Pacer(redis, lead=0.1, horizon=5.0)
+    try:
+        first = await pacer.slot(4, rate=10, count=10)
+        assert first is not None
+        await pacer.give_back(4, start=first, rate=10, asked=10, used=2)
+        second = await pacer.slot(4, rate=10, count=1)
+        assert second is not None
+        assert (second - first).total_seconds() == pytest.approx(0.2 * PACING_MARGIN, abs=1e-3)
+    finally:
+        await redis.aclose()
+
+
+async def test_many_concurrent_dispatchers_never_exceed_the_rate(redis_url: str) -> None:
+    """Eight dispatchers hammer one campaign for 2 s: in any one-second window of slot times
+    there are at most `rate` calls, and together they get the whole rate."""
     clients = [Redis.from_url(redis_url) for _ in range(8)]
-    pacers = [Pacer(c) for c in clients]
-    rate, burst = 40.0, 10.0
-    granted = 0
-    started = time.monotonic()
+    pacers = [Pacer(c, lead=0.1, horizon=1.0) for c in clients]
+    rate = 40.0
+    slots: list[float] = []
+    started = time.time()
 
-    async def worker(p: Pacer) -> None:
-        nonlocal granted
-        while time.monotonic() - started < 1.5:
-            got = await p.take(3, rate=rate, burst=burst, want=3)
-            granted += got  # (not `granted += await ...`: that reads `granted` first)
+    async def dispatcher(p: Pacer) -> None:
+        while time.time() - started < 2.0:
+            slot = await p.slot(5, rate=rate, count=4)
+            if slot is not None:
+                slots.extend([slot.timestamp()] * 4)
             await asyncio.sleep(0.005)
 
     try:
-        await asyncio.gather(*(worker(p) for p in pacers))
-        elapsed = time.monotonic() - started
-        assert granted <= burst + rate * elapsed + 1
-        assert granted >= rate * 1.0  # and the budget is actually usable
+        await asyncio.gather(*(dispatcher(p) for p in pacers))
+        slots.sort()
+        left = peak = 0
+        for right, t in enumerate(slots):
+            while slots[left] <= t - 1.0:
+                left += 1
+            peak = max(peak, right - left + 1)
+        assert peak <= rate
+        in_run = [t for t in slots if started + 0.1 <= t < started + 2.0]
+        assert len(in_run) / 1.9 == pytest.approx(rate, rel=0.1)
     finally:
         for c in clients:
             await c.aclose()

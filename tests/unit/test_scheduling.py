@@ -11,6 +11,7 @@ import pytest
 
 from campaigns.definition import Retry, Window, parse_definition
 from campaigns.scheduling import (
+    PACING_MARGIN,
     Decision,
     Outcome,
     campaign_active,
@@ -20,8 +21,8 @@ from campaigns.scheduling import (
     in_window,
     next_allowed_start,
     next_window_start,
+    pacing_slot,
     retry_delay,
-    token_bucket,
     zones_of,
 )
 
@@ -518,47 +519,44 @@ def test_dispatch_allowance(
 
 
 @pytest.mark.parametrize(
-    ("rate", "burst", "tokens", "last", "now", "want", "granted", "left"),
+    ("rate", "count", "now", "tat", "start", "new_tat"),
     [
-        (10.0, 10.0, 10.0, 0.0, 0.0, 3, 3, 7.0),  # a full bucket
-        (10.0, 10.0, 0.0, 0.0, 0.5, 10, 5, 0.0),  # refilled 5 in half a second
-        (10.0, 10.0, 0.0, 0.0, 100.0, 50, 10, 0.0),  # capped at burst
-        (10.0, 10.0, 2.5, 0.0, 0.0, 5, 2, 0.5),  # only whole tokens
-        (10.0, 10.0, 4.0, 5.0, 4.0, 3, 3, 1.0),  # a clock going back never refills
-        (10.0, 10.0, 4.0, 0.0, 0.0, 0, 0, 4.0),
-        (10.0, 10.0, 4.0, 0.0, 0.0, -2, 0, 4.0),
-        (0.5, 1.0, 0.0, 0.0, 1.0, 1, 0, 0.5),  # slow campaigns: one call every two seconds
-        (0.5, 1.0, 0.5, 0.0, 1.0, 1, 1, 0.0),
+        (10.0, 5, 100.0, 0.0, 100.1, 100.1 + 0.5 * PACING_MARGIN),  # idle pacer: now + lead
+        (10.0, 5, 100.0, 100.4, 100.4, 100.4 + 0.5 * PACING_MARGIN),  # queue behind the last
+        (10.0, 30, 100.0, 102.0, 102.0, 102.0 + 3.0 * PACING_MARGIN),  # at the horizon: ok
+        (10.0, 30, 100.0, 102.2, None, 102.2),  # past the horizon: refused, tat unchanged
+        (10.0, 0, 100.0, 0.0, None, 0.0),
+        (0.5, 1, 100.0, 0.0, 100.1, 100.1 + 2.0 * PACING_MARGIN),  # one call per 2 s
     ],
 )
-def test_token_bucket(
-    rate: float,
-    burst: float,
-    tokens: float,
-    last: float,
-    now: float,
-    want: int,
-    granted: int,
-    left: float,
+def test_pacing_slot(
+    rate: float, count: int, now: float, tat: float, start: float | None, new_tat: float
 ) -> None:
-    got, remaining = token_bucket(
-        rate=rate, burst=burst, tokens=tokens, last=last, now=now, want=want
-    )
-    assert got == granted
-    assert remaining == pytest.approx(left)
+    got, after = pacing_slot(rate=rate, count=count, now=now, tat=tat, lead=0.1, horizon=2.0)
+    assert got == (None if start is None else pytest.approx(start))
+    assert after == pytest.approx(new_tat)
 
 
-@pytest.mark.parametrize(("rate", "tick"), [(10.0, 0.1), (10.0, 0.37), (500.0, 0.05), (3.0, 1.0)])
-def test_token_bucket_never_exceeds_rate_plus_burst(rate: float, tick: float) -> None:
-    burst, tokens, last, total = rate, rate, 0.0, 0
-    steps = 2000
-    for step in range(1, steps + 1):
-        now = step * tick
-        granted, tokens = token_bucket(
-            rate=rate, burst=burst, tokens=tokens, last=last, now=now, want=10_000
-        )
-        last = now
-        total += granted
-    elapsed = steps * tick
-    assert total <= burst + rate * elapsed
-    assert total >= rate * elapsed - 1  # a greedy taker gets the whole rate
+@pytest.mark.parametrize(("rate", "batch"), [(5.0, 1), (50.0, 10), (500.0, 50), (500.0, 100)])
+def test_pacing_slots_never_put_more_than_rate_in_any_second(rate: float, batch: int) -> None:
+    """Greedy dispatchers asking every 10 ms for 20 s: every sliding one-second window of
+    slot times holds at most `rate` calls, and the average rate is within 5 % of `rate`."""
+    tat, now, slots = 0.0, 0.0, []
+    while now < 20.0:
+        while True:
+            start, tat = pacing_slot(
+                rate=rate, count=batch, now=now, tat=tat, lead=0.1, horizon=1.5
+            )
+            if start is None:
+                break
+            slots.extend([start] * batch)
+        now += 0.01
+    slots.sort()
+    left, peak = 0, 0
+    for right, t in enumerate(slots):
+        while slots[left] <= t - 1.0:
+            left += 1
+        peak = max(peak, right - left + 1)
+    assert peak <= rate
+    done = [t for t in slots if t < 20.0]
+    assert len(done) / 20.0 == pytest.approx(rate, rel=0.05)
