@@ -1,0 +1,277 @@
+"""`campaign import` and `campaign dnc` through the real CLI against a real database."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import func, select
+
+from campaigns.cli import main
+from campaigns.db import make_engine
+from campaigns.models import Contact, ContactList, DncNumber, ImportReject
+
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_lists"
+JSON_KEYS = {
+    "list_id",
+    "list_name",
+    "rows",
+    "imported",
+    "duplicates",
+    "invalid",
+    "suppressed_dnc",
+    "already_present",
+    "seconds",
+}
+
+
+def run(database_url: str, *args: str) -> Result:
+    return CliRunner().invoke(main, list(args), env={"DATABASE_URL": database_url})
+
+
+def imported(database_url: str, *args: str) -> dict[str, Any]:
+    result = run(database_url, "import", *args, "--json")
+    assert result.exit_code == 0, result.output
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def table_counts(database_url: str) -> dict[str, int]:
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return {
+                model.__tablename__: conn.execute(
+                    select(func.count()).select_from(model)
+                ).scalar_one()
+                for model in (ContactList, Contact, ImportReject, DncNumber)
+            }
+    finally:
+        engine.dispose()
+
+
+def contacts(database_url: str, list_id: int) -> list[Contact]:
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(Contact).where(Contact.list_id == list_id).order_by(Contact.source_row)
+            )
+            return [Contact(**row._mapping) for row in rows]
+    finally:
+        engine.dispose()
+
+
+def rejects(database_url: str, list_id: int) -> list[tuple[int, str | None, str]]:
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(ImportReject.row_number, ImportReject.raw_value, ImportReject.reason)
+                .where(ImportReject.list_id == list_id)
+                .order_by(ImportReject.row_number)
+            )
+            return [(r[0], r[1], r[2]) for r in rows]
+    finally:
+        engine.dispose()
+
+
+def test_clean_list(database_url: str) -> None:
+    summary = imported(database_url, str(SAMPLES / "clean.csv"), "--country", "US")
+    assert set(summary) >= JSON_KEYS
+    assert summary["list_name"] == "clean"
+    assert (summary["rows"], summary["imported"], summary["invalid"]) == (20, 20, 0)
+    stored = contacts(database_url, summary["list_id"])
+    assert len(stored) == 20
+    first = stored[0]
+    assert (first.phone, first.name, first.region, first.time_zones, first.source_row) == (
+        "+12125550101",
+        "Alice Moreno",
+        "US",
+        "America/New_York",
+        2,
+    )
+    assert first.attributes == {"name": "Alice Moreno", "city": "New York"}
+    assert {c.time_zones for c in stored} >= {"America/Denver", "America/Phoenix"}
+
+
+def test_messy_list_with_dnc_and_rejects_file(database_url: str, tmp_path: Path) -> None:
+    dnc = run(database_url, "dnc", "import", str(SAMPLES / "dnc.csv"), "--country", "US")
+    assert dnc.exit_code == 0, dnc.output
+    rejects_csv = tmp_path / "rejects.csv"
+    summary = imported(
+        database_url,
+        str(SAMPLES / "messy.csv"),
+        "--country",
+        "US",
+        "--list",
+        "spring",
+        "--rejects",
+        str(rejects_csv),
+    )
+    assert summary["list_name"] == "spring"
+    assert {k: summary[k] for k in JSON_KEYS - {"list_id", "list_name", "seconds"}} == {
+        "rows": 15,
+        "imported": 8,
+        "duplicates": 2,
+        "invalid": 4,
+        "suppressed_dnc": 1,
+        "already_present": 0,
+    }
+    expected = [
+        (9, "555-0146", "invalid for region US"),
+        (10, "call me maybe", "not a number"),
+        (11, "", "empty"),
+        (15, "123 456 7890", "invalid for region US"),
+    ]
+    assert rejects(database_url, summary["list_id"]) == expected
+    with rejects_csv.open(newline="") as handle:
+        written = list(csv.reader(handle))
+    assert written[0] == ["row", "value", "reason"]
+    assert [(int(r[0]), r[1], r[2]) for r in written[1:]] == expected
+    phones = [c.phone for c in contacts(database_url, summary["list_id"])]
+    assert "+13035550148" not in phones  # on the DNC list
+    assert phones.count("+12125550142") == 1  # written two ways, stored once
+    assert "+13125550145" in phones  # the extension was dropped
+    assert "+442079460959" in phones  # 00 44 ... in a US list
+
+
+def test_numeric_xlsx(database_url: str) -> None:
+    summary = imported(database_url, str(SAMPLES / "numeric_phones.xlsx"))
+    assert (summary["rows"], summary["imported"], summary["duplicates"], summary["invalid"]) == (
+        7,
+        4,
+        1,
+        2,
+    )
+    phones = [c.phone for c in contacts(database_url, summary["list_id"])]
+    assert phones == ["+12125550131", "+12125550132", "+13125550133", "+14155550134"]
+    reasons = {row: reason for row, _, reason in rejects(database_url, summary["list_id"])}
+    assert reasons == {6: "stored in scientific notation: digits lost", 8: "too short"}
+
+
+def test_european_cp1252_semicolon(database_url: str) -> None:
+    summary = imported(database_url, str(SAMPLES / "european_semicolon.csv"), "--country", "DE")
+    assert (summary["rows"], summary["imported"], summary["duplicates"], summary["invalid"]) == (
+        9,
+        7,
+        1,
+        1,
+    )
+    stored = {c.phone: c for c in contacts(database_url, summary["list_id"])}
+    assert stored["+493012345678"].name == "Jürgen Müller"
+    assert stored["+49891234567"].attributes["Stadt"] == "München"
+    assert stored["+33491123456"].name == "Jérôme Bœuf"
+    assert stored["+33612345678"].region == "FR"
+
+
+def test_reimport_adds_nothing(database_url: str) -> None:
+    first = imported(database_url, str(SAMPLES / "clean.csv"))
+    again = imported(database_url, str(SAMPLES / "clean.csv"))
+    assert again["list_id"] == first["list_id"]
+    assert (again["imported"], again["already_present"]) == (0, 20)
+    assert table_counts(database_url)["contact"] == 20
+
+
+def test_dry_run_writes_nothing(database_url: str, tmp_path: Path) -> None:
+    rejects_csv = tmp_path / "r.csv"
+    summary = imported(
+        database_url, str(SAMPLES / "messy.csv"), "--dry-run", "--rejects", str(rejects_csv)
+    )
+    assert (summary["imported"], summary["invalid"]) == (9, 4)
+    assert table_counts(database_url) == {
+        "contact_list": 0,
+        "contact": 0,
+        "import_reject": 0,
+        "dnc_number": 0,
+    }
+    assert len(rejects_csv.read_text().splitlines()) == 5
+
+
+def test_table_output(database_url: str) -> None:
+    result = run(database_url, "import", str(SAMPLES / "clean.csv"))
+    assert result.exit_code == 0, result.output
+    assert "Imported clean.csv into list 'clean'" in result.stdout
+    assert "rows read" in result.stdout
+
+
+def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
+    (tmp / "empty.csv").write_bytes(b"")
+    (tmp / "nophone.csv").write_text("who,where\nAnn,Paris\n")
+    (tmp / "junk.csv").write_bytes(bytes(range(256)) * 50)
+    (tmp / "latin.csv").write_bytes("name,phone\nJürgen,+4930123456\n".encode("latin-1"))
+    return [
+        ([str(tmp / "missing.csv")], "no such file"),
+        ([str(tmp / "empty.csv")], "empty file"),
+        ([str(tmp / "nophone.csv")], "no phone column found (columns: 'who', 'where')"),
+        ([str(SAMPLES / "numeric_phones.xlsx"), "--sheet", "March"], "sheets: Contacts, Notes"),
+        ([str(tmp / "latin.csv"), "--encoding", "utf-8"], "cannot be decoded as utf-8"),
+        ([str(tmp / "latin.csv"), "--encoding", "klingon"], "unknown encoding"),
+        ([str(tmp / "junk.csv")], "binary data"),
+        ([str(SAMPLES / "clean.csv"), "--phone-column", "fax"], "no column named 'fax'"),
+    ]
+
+
+def test_bad_inputs_exit_1_with_one_line_and_change_nothing(
+    database_url: str, tmp_path: Path
+) -> None:
+    before = table_counts(database_url)
+    for args, reason in _bad_inputs(tmp_path):
+        result = run(database_url, "import", *args)
+        assert result.exit_code == 1, (args, result.output)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, lines
+        assert args[0] in lines[0]
+        assert reason in lines[0]
+        assert table_counts(database_url) == before
+
+
+def test_failure_mid_file_keeps_nothing(database_url: str, tmp_path: Path) -> None:
+    lines = ["name,phone"] + [f"n{i},+1212555{i % 10000:04d}" for i in range(45_000)]
+    body = "\n".join(lines).encode() + b"\nZo\xeb,+14155550199\n"
+    path = tmp_path / "broken.csv.gz"
+    path.write_bytes(gzip.compress(body))
+    result = run(database_url, "import", str(path), "--encoding", "utf-8")
+    assert result.exit_code == 1
+    assert "cannot be decoded as utf-8" in result.stderr
+    assert table_counts(database_url)["contact"] == 0
+    assert table_counts(database_url)["contact_list"] == 0
+
+
+def test_dnc_commands(database_url: str) -> None:
+    added = run(database_url, "dnc", "add", "(212) 555-0142", "+44 20 7946 0958", "--reason", "x")
+    assert added.exit_code == 0, added.output
+    assert "added 2" in added.stdout
+    again = run(database_url, "dnc", "add", "+1 212 555 0142")
+    assert "added 0" in again.stdout
+    bad = run(database_url, "dnc", "add", "not a phone")
+    assert bad.exit_code == 1
+    assert "not valid phone numbers" in bad.stderr
+    listed = run(database_url, "dnc", "list", "--json")
+    assert [row["phone"] for row in json.loads(listed.stdout)] == [
+        "+12125550142",
+        "+442079460958",
+    ]
+    summary = imported(database_url, str(SAMPLES / "messy.csv"))
+    assert summary["suppressed_dnc"] == 2  # Ann (written two ways) and Ed
+    removed = run(database_url, "dnc", "remove", "+12125550142")
+    assert "removed 1" in removed.stdout
+    assert table_counts(database_url)["dnc_number"] == 1
+    table = run(database_url, "dnc", "list")
+    assert "+442079460958" in table.stdout
+
+
+@pytest.mark.parametrize("name", ["clean.csv", "european_semicolon.csv"])
+def test_gzipped_samples_import_the_same(database_url: str, tmp_path: Path, name: str) -> None:
+    plain = imported(database_url, str(SAMPLES / name), "--country", "DE", "--dry-run")
+    packed = tmp_path / (name + ".gz")
+    packed.write_bytes(gzip.compress((SAMPLES / name).read_bytes()))
+    zipped = imported(database_url, str(packed), "--country", "DE", "--dry-run")
+    assert {k: zipped[k] for k in ("rows", "imported", "invalid", "duplicates")} == {
+        k: plain[k] for k in ("rows", "imported", "invalid", "duplicates")
+    }

@@ -1,0 +1,222 @@
+"""Reading lists: formats, encodings, delimiters, columns, validation (files in tmp_path)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+from openpyxl import Workbook
+
+from campaigns.errors import InputFileError
+from campaigns.importing import (
+    ImportOptions,
+    Validator,
+    cell_text,
+    detect_columns,
+    list_name_for,
+    open_table,
+    prepare,
+)
+
+
+def _rows(
+    path: Path, *, encoding: str | None = None, sheet: str | None = None
+) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    table = open_table(str(path), encoding=encoding, sheet=sheet)
+    return table.columns, [row for chunk in table.chunks for row in chunk]
+
+
+@pytest.mark.parametrize(
+    ("columns", "phone", "name"),
+    [
+        (["Name", "Phone", "City"], 1, 0),
+        (["full_name", "MSISDN"], 1, 0),
+        (["First Name", "Last Name", "Mobile Phone"], 2, 0),
+        (["contact name", "Tel"], 1, 0),
+        (["id", "number", "customer"], 1, 2),
+        (["Name", "Telefon", "Stadt"], 1, 0),
+        (["who", "where"], None, None),
+    ],
+)
+def test_detect_columns(columns: list[str], phone: int | None, name: int | None) -> None:
+    assert detect_columns(columns, None, None) == (phone, name)
+
+
+def test_explicit_columns_are_case_insensitive_and_must_exist() -> None:
+    assert detect_columns(["A", "Cell Number", "WHO"], "cell number", "who") == (1, 2)
+    with pytest.raises(LookupError):
+        detect_columns(["A", "B"], "phone", None)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (4155550100.0, "4155550100"),
+        (14155550100, "14155550100"),
+        (1.5, "1.5"),
+        (1.2e20, "1.2e+20"),
+        (None, ""),
+        ("  +1 415 555 0100 ", "+1 415 555 0100"),
+        (True, "TRUE"),
+    ],
+)
+def test_cell_text(value: object, text: str) -> None:
+    assert cell_text(value) == text
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [("a/leads.csv", "leads"), ("leads.csv.gz", "leads"), ("x.y.xlsx", "x.y"), ("list", "list")],
+)
+def test_default_list_name(path: str, name: str) -> None:
+    assert list_name_for(path) == name
+
+
+@pytest.mark.parametrize(
+    ("content", "delimiter"),
+    [
+        ("name,phone\nA,+14155550100\n", ","),
+        ("name;phone;city\nA;+14155550100;Paris\n", ";"),
+        ("name\tphone\nA\t+14155550100\n", "\t"),
+        ("name|phone\nA|+14155550100\n", "|"),
+        ('name,phone\n"Smith; John",+14155550100\n', ","),
+    ],
+)
+def test_delimiter_detection(tmp_path: Path, content: str, delimiter: str) -> None:
+    path = tmp_path / "list.csv"
+    path.write_text(content, encoding="utf-8")
+    table = open_table(str(path))
+    assert table.delimiter == delimiter
+    assert table.columns[:2] == ["name", "phone"]
+
+
+@pytest.mark.parametrize(
+    ("encoding", "bom", "expected"),
+    [
+        ("utf-8", b"", "utf-8"),
+        ("utf-8", b"\xef\xbb\xbf", "utf-8-sig"),
+        ("cp1252", b"", "cp1252"),
+    ],
+)
+def test_encoding_detection(tmp_path: Path, encoding: str, bom: bytes, expected: str) -> None:
+    path = tmp_path / "list.csv"
+    path.write_bytes(bom + "name,phone\nJürgen Weiß,+4930123456\n".encode(encoding))
+    columns, rows = _rows(path)
+    assert columns == ["name", "phone"]
+    assert rows == [(2, ["Jürgen Weiß", "+4930123456"])]
+    assert open_table(str(path)).encoding == expected
+
+
+def test_non_utf8_byte_late_in_the_file_is_detected(tmp_path: Path) -> None:
+    lines = ["name,phone"] + [f"n{i},+1415555{i % 10000:04d}" for i in range(40_000)]
+    lines.append("Zoë,+14155550199")
+    path = tmp_path / "late.csv"
+    path.write_bytes("\n".join(lines).encode("cp1252"))
+    _, rows = _rows(path)
+    assert rows[-1][1][0] == "Zoë"
+
+
+def test_gzip_and_row_numbers_with_blank_lines(tmp_path: Path) -> None:
+    path = tmp_path / "list.txt.gz"
+    path.write_bytes(gzip.compress(b"phone\n+14155550100\n\n+14155550101\n"))
+    _, rows = _rows(path)
+    assert rows == [(2, ["+14155550100"]), (3, []), (4, ["+14155550101"])]
+
+
+def test_xlsx_numeric_cells_and_sheets(tmp_path: Path) -> None:
+    book = Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.title = "First"
+    sheet.append(["Name", "Phone"])
+    sheet.append(["A", 4155550100])
+    sheet.append(["B", 14155550101.0])
+    other = book.create_sheet("Second")
+    other.append(["Phone"])
+    other.append(["+442079460958"])
+    path = tmp_path / "list.xlsx"
+    book.save(path)
+    columns, rows = _rows(path)
+    assert columns == ["Name", "Phone"]
+    assert rows == [(2, ["A", "4155550100"]), (3, ["B", "14155550101"])]
+    _, second = _rows(path, sheet="Second")
+    assert second == [(2, ["+442079460958"])]
+    with pytest.raises(InputFileError, match=r"no sheet named 'Third' \(sheets: First, Second\)"):
+        open_table(str(path), sheet="Third")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("empty.csv", b"", "empty file"),
+        ("blank.csv", b"\n\n  \n", "empty file"),
+        ("junk.csv", bytes(range(256)) * 40, "binary data"),
+        ("fake.xlsx", b"not a spreadsheet at all", "not a readable Excel file"),
+        ("list.pdf", b"%PDF-1.4 phone", "unsupported file type"),
+    ],
+)
+def test_bad_files(tmp_path: Path, name: str, content: bytes, reason: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(InputFileError, match=reason) as caught:
+        open_table(str(path))
+    assert caught.value.path == str(path)
+
+
+def test_missing_file_and_unknown_or_wrong_encoding(tmp_path: Path) -> None:
+    with pytest.raises(InputFileError, match="no such file"):
+        open_table(str(tmp_path / "nope.csv"))
+    path = tmp_path / "list.csv"
+    path.write_bytes("name,phone\nJürgen,+4930123456\n".encode())
+    with pytest.raises(InputFileError, match="unknown encoding 'klingon'"):
+        open_table(str(path), encoding="klingon")
+    with pytest.raises(InputFileError, match="cannot be decoded as ascii"):
+        _rows(path, encoding="ascii")
+
+
+def test_no_phone_column_names_the_columns(tmp_path: Path) -> None:
+    path = tmp_path / "list.csv"
+    path.write_text("who,where\nAnn,Paris\n")
+    with pytest.raises(InputFileError, match="no phone column found \\(columns: 'who', 'where'\\)"):
+        prepare(str(path), ImportOptions(default_region="US"))
+
+
+def test_headerless_list_of_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "numbers.txt"
+    path.write_text("+14155550100\n(212) 555-0101\n")
+    table, validator = prepare(str(path), ImportOptions(default_region="US"))
+    chunk = validator.validate([row for part in table.chunks for row in part])
+    assert [(c[0], c[5]) for c in chunk.contacts] == [("+14155550100", 1), ("+12125550101", 2)]
+
+
+def test_validator_dedupes_rejects_and_keeps_attributes() -> None:
+    validator = Validator(["Name", "Phone", "City"], 1, 0, "US")
+    first = validator.validate(
+        [
+            (2, ["Ann", "(212) 555-0142", "NYC"]),
+            (3, ["Ann again", "+1 212 555 0142", "NYC"]),
+            (4, ["Bob", "nope", "LA"]),
+            (5, ["", "", ""]),
+            (6, ["Cy", "312 555 0145 x7"]),
+        ]
+    )
+    second = validator.validate([(7, ["Ann", "2125550142", "NYC"])])
+    assert first.rows == 4
+    assert first.duplicates == 1
+    assert second.duplicates == 1
+    assert first.notes == 1
+    assert [(r.row_number, r.raw_value, r.reason) for r in first.rejects] == [
+        (4, "nope", "not a number")
+    ]
+    phone, name, attributes, region, zones, row = first.contacts[0]
+    assert (phone, name, region, zones, row) == (
+        "+12125550142",
+        "Ann",
+        "US",
+        "America/New_York",
+        2,
+    )
+    assert json.loads(attributes) == {"Name": "Ann", "City": "NYC"}
+    assert json.loads(first.contacts[1][2]) == {"Name": "Cy", "City": ""}

@@ -1,0 +1,173 @@
+"""Number normalisation: E.164, region, zones, reject reasons, and the fast path's equivalence."""
+
+from __future__ import annotations
+
+import random
+
+import phonenumbers
+import pytest
+
+from campaigns import phones
+from campaigns.phones import PhoneReject, PhoneResult, from_wire, normalise, to_wire
+
+
+@pytest.mark.parametrize(
+    ("raw", "region", "e164", "country", "zones"),
+    [
+        ("+1 (212) 555-0101", "US", "+12125550101", "US", "America/New_York"),
+        ("(212) 555-0101", "US", "+12125550101", "US", "America/New_York"),
+        ("212.555.0101", "US", "+12125550101", "US", "America/New_York"),
+        ("2125550101", "US", "+12125550101", "US", "America/New_York"),
+        ("1-212-555-0101", "US", "+12125550101", "US", "America/New_York"),
+        ("011 44 20 7946 0958", "US", "+442079460958", "GB", "Europe/London"),
+        ("0044 20 7946 0958", "US", "+442079460958", "GB", "Europe/London"),
+        ("  +1 415 555 0147  ", "DE", "+14155550147", "US", "America/Los_Angeles"),
+        ("030 12345678", "DE", "+493012345678", "DE", "Europe/Berlin"),
+        ("+49 (0)89 1234567", "DE", "+49891234567", "DE", "Europe/Berlin"),
+        ("0033 6 12 34 56 78", "DE", "+33612345678", "FR", "Europe/Paris"),
+        ("06 12 34 56 78", "FR", "+33612345678", "FR", "Europe/Paris"),
+        ("+39 06 4567 8901", "US", "+390645678901", "IT", "Europe/Rome"),
+        ("+1 684 633 1234", "US", "+16846331234", "AS", "Pacific/Pago_Pago"),
+        ("+800 1234 5678", "US", "+80012345678", None, None),
+    ],
+)
+def test_valid_numbers(
+    raw: str, region: str, e164: str, country: str | None, zones: str | None
+) -> None:
+    for fast in (True, False):
+        result = normalise(raw, region, fast=fast)
+        assert result == PhoneResult(e164, country, zones, None)
+
+
+@pytest.mark.parametrize(
+    ("raw", "region", "reason"),
+    [
+        ("", "US", "empty"),
+        ("   ", "US", "empty"),
+        ("call me maybe", "US", "not a number"),
+        ("12", "US", "too short"),
+        ("0049 1", "DE", "too short"),
+        ("212555123456789", "US", "too long"),
+        ("123 456 7890", "US", "invalid for region US"),
+        ("+44 20 1234", "US", "invalid for region GB"),
+        ("+999 123 4567", "US", "invalid country code"),
+        ("1.21256E+10", "US", phones.SCIENTIFIC_REASON),
+        ("2,12556e9", "US", phones.SCIENTIFIC_REASON),
+    ],
+)
+def test_rejects(raw: str, region: str, reason: str) -> None:
+    assert normalise(raw, region) == PhoneReject(reason)
+
+
+def test_extension_is_dropped_with_a_note() -> None:
+    result = normalise("312 555 0145 ext. 12", "US")
+    assert isinstance(result, PhoneResult)
+    assert result.e164 == "+13125550145"
+    assert result.note == "extension 12 dropped"
+
+
+def test_number_spanning_several_zones_keeps_all_and_never_unknown() -> None:
+    result = normalise("+1 800 555 0100", "US")
+    assert isinstance(result, PhoneResult)
+    assert result.time_zones is not None
+    zones = result.time_zones.split(" ")
+    assert {"America/New_York", "America/Los_Angeles", "America/Chicago"} <= set(zones)
+    assert phones.UNKNOWN_ZONE not in zones
+
+
+@pytest.mark.parametrize(
+    ("e164", "wire"),
+    [("+14155550100", "14155550100"), ("+442079460958", "442079460958")],
+)
+def test_wire_round_trip(e164: str, wire: str) -> None:
+    assert to_wire(e164) == wire
+    assert from_wire(wire) == e164
+    assert from_wire("+" + wire) == e164
+
+
+@pytest.mark.parametrize("bad", ["14155550100", "+0123", "+1 415 555", ""])
+def test_to_wire_refuses_non_e164(bad: str) -> None:
+    with pytest.raises(ValueError, match=r"E\.164"):
+        to_wire(bad)
+
+
+def test_from_wire_refuses_garbage() -> None:
+    with pytest.raises(ValueError, match="international form"):
+        from_wire("abc")
+
+
+def _sample(rng: random.Random) -> list[tuple[str, str]]:
+    """Numbers of many shapes: examples of every type for several regions, random digits of
+    the same lengths (mostly invalid), written in E.164, national and punctuated forms."""
+    out: list[tuple[str, str]] = []
+    regions = ["US", "CA", "GB", "DE", "FR", "IN", "BR", "AU", "JM", "BB", "IT", "MX", "AR"]
+    kinds = [
+        phonenumbers.PhoneNumberType.FIXED_LINE,
+        phonenumbers.PhoneNumberType.MOBILE,
+        phonenumbers.PhoneNumberType.TOLL_FREE,
+    ]
+    for region in regions:
+        for kind in kinds:
+            example = phonenumbers.example_number_for_type(region, kind)
+            if example is None:
+                continue
+            nsn = phonenumbers.national_significant_number(example)
+            cc = str(example.country_code)
+            for _ in range(60):
+                digits = list(nsn)
+                for position in rng.sample(range(len(digits)), k=min(3, len(digits))):
+                    digits[position] = str(rng.randrange(10))
+                varied = "".join(digits)
+                default = rng.choice([region, "US", "DE"])
+                out.append(("+" + cc + varied, default))
+                out.append((varied, region))
+                out.append((f"+{cc} ({varied[:3]}) {varied[3:6]}-{varied[6:]}", default))
+                out.append((f"{varied[:3]}.{varied[3:]}", region))
+                out.append((cc + varied, region))
+    for _ in range(3000):
+        area = rng.randrange(200, 1000)
+        exchange = rng.randrange(200, 1000)
+        line = rng.randrange(10000)
+        out.append((f"+1{area}{exchange}{line:04d}", "US"))
+        out.append((f"({area}) {exchange}-{line:04d}", "US"))
+    return out
+
+
+def test_fast_path_gives_exactly_what_phonenumbers_gives() -> None:
+    rng = random.Random(20240501)
+    sample = _sample(rng)
+    assert len(sample) > 10_000
+    taken = 0
+    for raw, region in sample:
+        full = normalise(raw, region, fast=False)
+        fast = phones._fast_path(raw.strip(), region)
+        if fast is not None:
+            taken += 1
+            assert fast == full, (raw, region)
+        assert normalise(raw, region) == full, (raw, region)
+    # the fast path really is used for the common shapes
+    assert taken > len(sample) // 3
+
+
+@pytest.mark.parametrize(
+    ("pattern", "length", "prefix", "depth"),
+    [
+        (r"2[0-4]\d{2}", 4, False, 2),  # the first two digits decide
+        (r"\d{4}", 4, False, 0),  # any four digits: nothing to decide
+        (r"12(?:3|45)\d", 4, False, 3),  # only '123x' has four digits
+        (r"7[1-3]", 9, True, 2),  # leading digits: a prefix match
+        (r"(?:2|3[45])\d{2,3}", 5, False, 2),
+    ],
+)
+def test_pattern_automaton_decisive_depth(
+    pattern: str, length: int, prefix: bool, depth: int
+) -> None:
+    language = phones._language(pattern, prefix=prefix)
+    level = {language.start}
+    found = None
+    for k in range(length + 1):
+        if all(language.verdict(s, length - k) != "mixed" for s in level):
+            found = k
+            break
+        level = {language.step(s, d) for s in level for d in "0123456789"}
+    assert found == depth
