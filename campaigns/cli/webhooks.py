@@ -1,9 +1,57 @@
-"""CLI commands (not written yet)."""
+"""`campaign webhooks`: serve the webhook ingester (uvicorn, no access log)."""
 
 from __future__ import annotations
 
+import logging
+
 import click
+
+from campaigns import migrate
+from campaigns.local_redis import redis_for
+
+log = logging.getLogger(__name__)
 
 
 def register(main: click.Group) -> None:
-    """Add this module's commands to the `campaign` group."""
+    main.add_command(webhooks)
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8800, show_default=True, type=int, help="Port to listen on.")
+def webhooks(host: str, port: int) -> None:
+    """Receive EnableX webhooks: store each event, then hand it to the workers.
+
+    EnableX posts to WEBHOOK_PUBLIC_URL + /webhooks/enablex/WEBHOOK_TOKEN (the
+    `event_url` the workers send with every broadcast). Run as many as you like behind a
+    load balancer; GET /healthz reports database and Redis reachability.
+
+    \b
+    Example:
+      DATABASE_URL=postgresql://... REDIS_URL=redis://... ENABLEX_APP_ID=... \\
+        WEBHOOK_TOKEN=... campaign webhooks --host 0.0.0.0 --port 8800
+    """
+    import uvicorn
+
+    from campaigns.cli import load_settings
+    from campaigns.webhooks import create_app
+
+    settings = load_settings()
+    migrate.ensure_schema(settings.database_url)
+    if not settings.webhook_token:
+        raise click.UsageError("WEBHOOK_TOKEN is unset: the webhook path needs a secret token")
+    if not settings.redis_url:
+        click.echo("REDIS_URL is unset: starting a private Redis (workers must share it)", err=True)
+    with redis_for(settings.redis_url) as redis_url:
+        from dataclasses import replace
+
+        app = create_app(replace(settings, redis_url=redis_url))
+        click.echo(f"ingesting webhooks on http://{host}:{port}/webhooks/enablex/<token>", err=True)
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            access_log=False,
+            log_level=settings.log_level.lower(),
+            lifespan="on",
+        )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Insert, select, update
+from sqlalchemy import Insert, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -44,10 +44,21 @@ class NewEvent:
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
     id: int
+    dedupe_key: str
     voice_id: str | None
     broadcast_id: str | None
     payload: dict[str, Any]
     received_at: datetime
+
+
+_STORED = (
+    WebhookEvent.id,
+    WebhookEvent.dedupe_key,
+    WebhookEvent.voice_id,
+    WebhookEvent.broadcast_id,
+    WebhookEvent.payload,
+    WebhookEvent.received_at,
+)
 
 
 def _dialect(session: AsyncSession) -> str:
@@ -96,13 +107,7 @@ async def lock_unapplied(session: AsyncSession, ids: Sequence[int]) -> None:
 
 async def load_unapplied(session: AsyncSession, ids: Sequence[int]) -> list[StoredEvent]:
     rows = await session.execute(
-        select(
-            WebhookEvent.id,
-            WebhookEvent.voice_id,
-            WebhookEvent.broadcast_id,
-            WebhookEvent.payload,
-            WebhookEvent.received_at,
-        )
+        select(*_STORED)
         .where(
             WebhookEvent.id.in_(ids),
             WebhookEvent.applied_at.is_(None),
@@ -111,6 +116,27 @@ async def load_unapplied(session: AsyncSession, ids: Sequence[int]) -> list[Stor
         .order_by(WebhookEvent.id)
     )
     return [StoredEvent(*row) for row in rows.all()]
+
+
+async def applied_events_of_calls(
+    session: AsyncSession, voice_ids: Iterable[str]
+) -> dict[str, list[StoredEvent]]:
+    """The events already applied to these calls (their history), by voice_id."""
+    wanted = list(set(voice_ids))
+    out: dict[str, list[StoredEvent]] = {}
+    if not wanted:
+        return out
+    rows = await session.execute(
+        select(*_STORED).where(
+            WebhookEvent.voice_id.in_(wanted),
+            WebhookEvent.applied_at.is_not(None),
+            WebhookEvent.quarantined.is_(False),
+        )
+    )
+    for row in rows.all():
+        event = StoredEvent(*row)
+        out.setdefault(event.voice_id or "", []).append(event)
+    return out
 
 
 async def unapplied_event_ids(
@@ -258,6 +284,18 @@ async def upsert_answer(
         },
     )
     await session.execute(stmt)
+
+
+async def delete_answers_except(
+    session: AsyncSession, attempt_id: int, keep: Iterable[str]
+) -> None:
+    """Remove an attempt's answers to questions not in `keep` (a re-fold that no longer
+    reaches them, e.g. an answering machine reported late)."""
+    stmt = delete(Answer).where(Answer.attempt_id == attempt_id)
+    kept = list(keep)
+    if kept:
+        stmt = stmt.where(Answer.question_key.not_in(kept))
+    await session.execute(stmt.execution_options(synchronize_session=False))
 
 
 async def add_opt_out(session: AsyncSession, phone: str, now: datetime, reason: str) -> None:

@@ -1,0 +1,520 @@
+"""Applying stored webhook events to call attempts: facts, IVR, answers, settling.
+
+`apply_events` takes the ids of stored events and, in the caller's transaction, applies
+every one not applied yet: it matches each to its attempt (by voice_id; else by
+broadcast_id → batch → the number called, recording the voice_id), recomputes the call
+from all its events, stores answers and opt-outs, and settles the attempt when its call
+has ended. It returns the IVR commands to send once the transaction has committed
+(`send_commands`).
+
+Order independence, by construction. A call's state is `fold_call` over the set of all
+its events (those applied before plus the new ones) sorted in the order they happened:
+timestamp, then the call's phases, prompts in script order, then the dedupe key. The fold
+is pure, so the same set of events gives the same attempt row, answers and outcome,
+whatever order the events were delivered in and however many copies came (copies are
+stored once, and the fold skips equal keys). Facts only accumulate: `answered_at` keeps
+the earliest time, `amd_result` the most definite value (machine > human > unknown), so a
+late `connected` after `disconnected` still records the answer and its AMD result. IVR
+events name their prompt; one for a prompt that is not the current one changes nothing.
+The commands sent are what the fold gained with the new events (a hang-up, else the last
+prompt), and only while the call is live.
+
+Settling. An ended attempt is settled at once when no reordered event could change its
+outcome (`settle_ready`); otherwise after `settle_grace` (a deferred job), with the sweeper
+(`settle_overdue`) as the backstop. An event arriving after the attempt was settled still
+updates its facts and answers, not its outcome.
+
+Matching. An event for a broadcast we do not know (yet) may be early: the POST /broadcast
+answer is not recorded yet. It stays unapplied and is retried until `early_timeout`, then
+quarantined. An event for a known broadcast but a number it never had, or a voice_id that
+contradicts the attempt's, is quarantined at once. Quarantined events are never applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from campaigns import poll
+from campaigns.definition import CampaignDefinition
+from campaigns.enablex.client import EnablexClient, PlaySpec
+from campaigns.enablex.events import (
+    BroadcastComplete,
+    CallConnected,
+    CallDisconnected,
+    CallInitiated,
+    CallRinging,
+    DigitCollected,
+    Event,
+    MenuTimeout,
+    PlayEvent,
+    PlayFinished,
+    SpeechRecognized,
+    UnknownEvent,
+    parse_event,
+)
+from campaigns.errors import EnablexRejection, TransientEnablexError, WebhookDecodeError
+from campaigns.models import AttemptState, CallAttempt
+from campaigns.outcomes import campaign_definition, settle_attempt
+from campaigns.scheduling import Outcome, classify_attempt
+from campaigns.store import events as store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SETTLE_GRACE = timedelta(seconds=3)
+DEFAULT_EARLY_TIMEOUT = timedelta(seconds=120)
+
+_STATE_RANK: dict[str | None, int] = {
+    None: 0,
+    AttemptState.QUEUED: 0,
+    AttemptState.INITIATED: 1,
+    AttemptState.RINGING: 2,
+    AttemptState.CONNECTED: 3,
+    AttemptState.ENDED: 4,
+}
+# Tie-break for events with the same timestamp: the order in which they happen on a call.
+_KIND_RANK = {
+    "initiated": 0,
+    "ringing": 1,
+    "connected": 2,
+    "play_started": 3,
+    "play_finished": 4,
+    "digit_collected": 4,
+    "speech_recognized": 4,
+    "menu_timeout": 4,
+    "unknown": 5,
+    "disconnected": 9,
+}
+_AMD_RANK = {None: 0, "unknown": 1, "human": 2, "machine": 3}
+_ANSWERED_REASONS = frozenset({"normal", "cancelled"})
+
+
+@dataclass(frozen=True)
+class ApplyConfig:
+    amd_field: str = "amd_result"
+    settle_grace: timedelta = DEFAULT_SETTLE_GRACE
+    early_timeout: timedelta = DEFAULT_EARLY_TIMEOUT
+
+
+@dataclass(frozen=True)
+class Command:
+    """An IVR command for one live call: play a prompt (`play`) or hang up (`play=None`)."""
+
+    attempt_id: int
+    broadcast_id: str
+    voice_id: str
+    play: PlaySpec | None
+
+
+@dataclass
+class ApplyResult:
+    applied: int = 0
+    quarantined: int = 0
+    waiting: list[int] = field(default_factory=list)  # early events kept for a later run
+    settled: int = 0
+    settle_later: list[int] = field(default_factory=list)  # attempt ids, after the grace
+    commands: list[Command] = field(default_factory=list)
+    answers: int = 0
+
+
+def _earliest(current: datetime | None, candidate: datetime) -> datetime:
+    return candidate if current is None or candidate < current else current
+
+
+@dataclass(frozen=True)
+class TimedEvent:
+    """A parsed event with the time it happened and its dedupe key (a stable tie-break)."""
+
+    when: datetime
+    event: Event
+    key: str
+
+
+@dataclass
+class CallFold:
+    """Everything an attempt's events say, folded in the order they happened."""
+
+    voice_id: str | None = None
+    state: str | None = None
+    started_at: datetime | None = None
+    answered_at: datetime | None = None
+    ended_at: datetime | None = None
+    amd_result: str | None = None
+    disconnect_reason: str | None = None
+    progress: poll.Progress = field(default_factory=poll.Progress)
+    answers: dict[str, tuple[poll.AnswerRecord, datetime]] = field(default_factory=dict)
+    actions: list[poll.Action] = field(default_factory=list)
+    opted_out: bool = False
+
+
+def _prompt_order(defn: CampaignDefinition, ref: str | None) -> int:
+    """Where a prompt comes in the script: breaks timestamp ties in causal order."""
+    fixed = {None: 0, poll.REF_GREETING: 1, poll.REF_MESSAGE: 2, poll.REF_VOICEMAIL: 3}
+    if ref in fixed:
+        return fixed[ref]
+    parts = (ref or "").split(":")
+    if len(parts) == 3 and parts[0] in ("q", "inv") and parts[2].isdigit() and defn.poll:
+        keys = [q.key for q in defn.poll.questions]
+        if parts[1] in keys:
+            return 10 + keys.index(parts[1]) * 100 + int(parts[2]) * 2 + (parts[0] == "inv")
+    if ref in (poll.REF_OPT_OUT, poll.REF_CLOSING):
+        return 100_000
+    return 200_000
+
+
+def order_key(defn: CampaignDefinition, item: TimedEvent) -> tuple[Any, ...]:
+    """Events in the order they happened: time, then the call's phases (dialled, answered,
+    prompts in script order, ended), then the dedupe key (any stable order)."""
+    event = item.event
+    if isinstance(event, PlayEvent):
+        phase, ref = 3, event.prompt_ref
+    else:
+        phase, ref = _KIND_RANK.get(event.kind, 5), None
+    return (item.when, phase, _prompt_order(defn, ref), _KIND_RANK.get(event.kind, 5), item.key)
+
+
+def _fold_facts(fold: CallFold, event: Event, when: datetime) -> bool:
+    """Fold one event into the call's facts; True when it first reveals the AMD result."""
+    state: AttemptState | None = None
+    if event.voice_id and fold.voice_id is None:
+        fold.voice_id = event.voice_id
+    if isinstance(event, CallInitiated):
+        state = AttemptState.INITIATED
+        fold.started_at = _earliest(fold.started_at, when)
+    elif isinstance(event, CallRinging):
+        state = AttemptState.RINGING
+        fold.started_at = _earliest(fold.started_at, when)
+    elif isinstance(event, CallConnected | PlayEvent):
+        state = AttemptState.CONNECTED
+        fold.answered_at = _earliest(fold.answered_at, when)
+    elif isinstance(event, CallDisconnected) and fold.disconnect_reason is None:
+        state = AttemptState.ENDED
+        fold.disconnect_reason = event.disconnect_reason or "failed"
+        fold.ended_at = when
+    if state is not None and _STATE_RANK[state] > _STATE_RANK.get(fold.state, 0):
+        fold.state = state
+    if event.amd_result is not None:
+        new = event.amd_result.value
+        if _AMD_RANK.get(new, 0) > _AMD_RANK.get(fold.amd_result, 0):
+            revealed = fold.amd_result in (None, "unknown")
+            fold.amd_result = new
+            return revealed
+    return False
+
+
+def fold_call(
+    defn: CampaignDefinition, events: Iterable[TimedEvent], attributes: Mapping[str, Any]
+) -> CallFold:
+    """The facts, IVR progress, answers and commands of a call, from all its events.
+
+    Pure and deterministic: the same set of events gives the same fold, whatever order
+    they were delivered in and however many times.
+    """
+    fold = CallFold()
+    seen: set[str] = set()
+    for item in sorted(events, key=lambda e: order_key(defn, e)):
+        if item.key in seen or isinstance(item.event, UnknownEvent | BroadcastComplete):
+            continue
+        seen.add(item.key)
+        event = item.event
+        revealed = _fold_facts(fold, event, item.when)
+        happenings: list[poll.Happening] = []
+        if revealed and not isinstance(event, CallConnected) and fold.amd_result:
+            happenings.append(poll.AmdDetected(fold.amd_result))
+        happening = _happening(event)
+        if happening is not None:
+            happenings.append(happening)
+        for h in happenings:
+            turn = poll.next_turn(defn, fold.progress, h, attributes)
+            fold.progress = turn.progress
+            fold.actions += turn.actions
+            if turn.answer is not None:
+                fold.answers[turn.answer.question_key] = (turn.answer, item.when)
+            fold.opted_out |= turn.opted_out
+    return fold
+
+
+def commands_to_send(before: list[poll.Action], after: list[poll.Action]) -> list[poll.Action]:
+    """What the new events ask of the live call: the actions the fold gained, reduced to
+    what matters now (a hang-up, else the last prompt)."""
+    same = 0
+    for old, new in zip(before, after, strict=False):
+        if old != new:
+            break
+        same += 1
+    gained = after[same:]
+    if any(isinstance(a, poll.Hangup) for a in gained):
+        return [poll.Hangup()]
+    plays: list[poll.Action] = [a for a in gained if isinstance(a, poll.Play)]
+    return plays[-1:]
+
+
+def _timed(stored: store.StoredEvent, event: Event) -> TimedEvent:
+    return TimedEvent(event.timestamp or stored.received_at, event, stored.dedupe_key)
+
+
+def _happening(event: Event) -> poll.Happening | None:
+    if isinstance(event, CallConnected):
+        return poll.Connected(event.amd_result.value if event.amd_result else None)
+    if isinstance(event, PlayFinished):
+        return poll.PromptFinished(event.prompt_ref)
+    if isinstance(event, DigitCollected):
+        return poll.Digits(event.prompt_ref, event.digits)
+    if isinstance(event, SpeechRecognized):
+        return poll.Speech(event.prompt_ref, event.text, event.recognized, event.confidence)
+    if isinstance(event, MenuTimeout):
+        return poll.NoInput(event.prompt_ref)
+    return None
+
+
+def progress_of(attempt: CallAttempt) -> poll.Progress:
+    return poll.Progress.of(attempt.ivr_state, attempt.poll_step, attempt.poll_tries)
+
+
+def outcome_of(attempt: CallAttempt, defn: CampaignDefinition) -> Outcome:
+    """The outcome of an ended attempt, from its facts and its IVR progress."""
+    facts = poll.call_facts(defn, progress_of(attempt))
+    return classify_attempt(
+        answered=attempt.answered_at is not None,
+        disconnect_reason=attempt.disconnect_reason,
+        amd_result=attempt.amd_result,
+        amd_behaviour=defn.amd.behaviour,
+        poll_complete=facts.poll_complete,
+        has_poll=defn.poll is not None and bool(defn.poll.questions),
+        opted_out=facts.opted_out,
+        message_left=facts.message_left,
+    )
+
+
+def settle_ready(attempt: CallAttempt) -> bool:
+    """Whether an ended attempt can be settled now, before the grace period: when no
+    reordered event could change its outcome. A call never answered (no-answer, busy...)
+    is final; an answered one only once its IVR reached an end (closing, opt-out,
+    voicemail, machine hang-up, message done). Anything else (ended `normal` with no
+    `connected` seen yet, hung up mid-poll or mid-message) waits for late events."""
+    if attempt.answered_at is None:
+        return attempt.disconnect_reason not in _ANSWERED_REASONS
+    return poll.finished(progress_of(attempt))
+
+
+async def _settle(
+    session: AsyncSession, attempt: CallAttempt, defn: CampaignDefinition, now: datetime
+) -> bool:
+    outcome = outcome_of(attempt, defn)
+    await session.flush()
+    decision = await settle_attempt(session, attempt_id=attempt.id, outcome=outcome, now=now)
+    return decision is not None
+
+
+async def apply_events(
+    session: AsyncSession, event_ids: list[int], *, now: datetime, config: ApplyConfig
+) -> ApplyResult:
+    """Apply the given stored events (those not applied yet), in the caller's transaction."""
+    result = ApplyResult()
+    if not event_ids:
+        return result
+    await store.lock_unapplied(session, event_ids)
+    stored = await store.load_unapplied(session, event_ids)
+    if not stored:
+        return result
+    parsed: list[tuple[store.StoredEvent, Event]] = []
+    quarantined: dict[str, list[int]] = defaultdict(list)
+    for row in stored:
+        try:
+            parsed.append((row, parse_event(row.payload, amd_field=config.amd_field)))
+        except WebhookDecodeError:
+            quarantined["stored payload is not an event"].append(row.id)
+
+    by_voice = await store.attempt_ids_by_voice(
+        session, [e.voice_id for _, e in parsed if e.voice_id]
+    )
+    broadcasts = await store.known_broadcasts(
+        session, [e.broadcast_id for _, e in parsed if e.broadcast_id]
+    )
+    pairs = {
+        (broadcasts[e.broadcast_id], e.to_number)
+        for _, e in parsed
+        if e.voice_id not in by_voice and e.broadcast_id in broadcasts and e.to_number
+    }
+    by_pair = await store.attempt_ids_by_batch_phone(session, pairs)
+
+    work: dict[int, list[tuple[store.StoredEvent, Event]]] = defaultdict(list)
+    done_ids: list[int] = []
+    for row, event in parsed:
+        attempt_id = by_voice.get(event.voice_id or "")
+        batch_id = broadcasts.get(event.broadcast_id or "")
+        if attempt_id is None and batch_id is not None and event.to_number and event.voice_id:
+            attempt_id = by_pair.get((batch_id, event.to_number))
+        if isinstance(event, BroadcastComplete) and batch_id is not None:
+            done_ids.append(row.id)  # bookkeeping is per attempt: nothing to do
+        elif attempt_id is not None:
+            work[attempt_id].append((row, event))
+        elif batch_id is not None:
+            quarantined["number or call not in the broadcast it names"].append(row.id)
+        elif now - row.received_at > config.early_timeout:
+            quarantined["voice_id/broadcast_id never submitted by this project"].append(row.id)
+        else:
+            result.waiting.append(row.id)
+
+    attempts = await store.lock_attempts(session, work)
+    for attempt in attempts:  # a second call on one attempt's number: never applied
+        mine = attempt.voice_id or next(e.voice_id for _, e in work[attempt.id] if e.voice_id)
+        for row, event in work[attempt.id]:
+            if event.voice_id != mine:
+                quarantined["voice_id differs from the attempt's call"].append(row.id)
+        work[attempt.id] = [(r, e) for r, e in work[attempt.id] if e.voice_id == mine]
+        attempt.voice_id = mine
+    for reason, ids in quarantined.items():
+        await store.quarantine(session, ids, reason)
+        result.quarantined += len(ids)
+        log.warning("quarantined %d event(s): %s", len(ids), reason)
+
+    definitions = {
+        cid: campaign_definition(cid, data)
+        for cid, data in (
+            await store.campaign_definitions(session, {a.campaign_id for a in attempts})
+        ).items()
+    }
+    history = await store.applied_events_of_calls(
+        session, [a.voice_id for a in attempts if a.voice_id]
+    )
+    broadcast_of = await store.broadcast_ids_of_batches(session, {a.batch_id for a in attempts})
+    personal = [
+        a.recipient_id for a in attempts if poll.needs_attributes(definitions[a.campaign_id])
+    ]
+    attributes = await store.contact_attributes(session, personal)
+    for attempt in attempts:
+        defn = definitions[attempt.campaign_id]
+        past = [
+            _timed(r, parse_event(r.payload, amd_field=config.amd_field))
+            for r in history.get(attempt.voice_id or "", [])
+        ]
+        new = [_timed(r, e) for r, e in work[attempt.id]]
+        done_ids += [r.id for r, _ in work[attempt.id]]
+        contact = attributes.get(attempt.recipient_id, {})
+        before = fold_call(defn, past, contact)
+        after = fold_call(defn, past + new, contact)
+        await _write_fold(session, attempt, before, after, now, result)
+        broadcast_id = broadcast_of.get(attempt.batch_id)
+        if attempt.state != AttemptState.ENDED and broadcast_id and attempt.voice_id:
+            for action in commands_to_send(before.actions, after.actions):
+                play = action.spec if isinstance(action, poll.Play) else None
+                result.commands.append(Command(attempt.id, broadcast_id, attempt.voice_id, play))
+        if attempt.state == AttemptState.ENDED and attempt.settled_at is None:
+            if settle_ready(attempt):
+                result.settled += await _settle(session, attempt, defn, now)
+            else:
+                result.settle_later.append(attempt.id)
+    await session.flush()
+    await store.mark_applied(session, done_ids, now)
+    result.applied = len(done_ids)
+    return result
+
+
+async def _write_fold(
+    session: AsyncSession,
+    attempt: CallAttempt,
+    before: CallFold,
+    after: CallFold,
+    now: datetime,
+    result: ApplyResult,
+) -> None:
+    """Write the fold of all the call's events onto the attempt, its answers and the DNC."""
+    if _STATE_RANK[after.state] >= _STATE_RANK.get(attempt.state, 0) and after.state:
+        attempt.state = after.state
+    attempt.started_at = after.started_at or attempt.started_at
+    attempt.answered_at = after.answered_at
+    attempt.amd_result = after.amd_result
+    attempt.disconnect_reason = after.disconnect_reason
+    if after.ended_at is not None:
+        attempt.ended_at = after.ended_at
+    attempt.ivr_state = after.progress.stage.value if after.progress.stage else None
+    attempt.poll_step = after.progress.step
+    attempt.poll_tries = after.progress.tries
+    if after.answers != before.answers:
+        await store.delete_answers_except(session, attempt.id, after.answers)
+        for answer, when in after.answers.values():
+            await store.upsert_answer(
+                session,
+                attempt_id=attempt.id,
+                recipient_id=attempt.recipient_id,
+                question_key=answer.question_key,
+                input_kind=answer.input_kind,
+                raw=answer.raw,
+                confidence=answer.confidence,
+                label=answer.label,
+                valid=answer.valid,
+                received_at=when,
+            )
+            result.answers += 1
+    if after.opted_out and not before.opted_out:
+        await store.add_opt_out(
+            session, attempt.phone, now, f"opt-out digit, campaign {attempt.campaign_id}"
+        )
+
+
+async def settle_attempts(session: AsyncSession, attempt_ids: list[int], *, now: datetime) -> int:
+    """Settle ended attempts that waited for a grace period (whatever arrived since)."""
+    attempts = [
+        a
+        for a in await store.lock_attempts(session, attempt_ids)
+        if a.state == AttemptState.ENDED and a.settled_at is None
+    ]
+    data = await store.campaign_definitions(session, {a.campaign_id for a in attempts})
+    settled = 0
+    for attempt in attempts:
+        defn = campaign_definition(attempt.campaign_id, data[attempt.campaign_id])
+        settled += await _settle(session, attempt, defn, now)
+    return settled
+
+
+async def settle_overdue(
+    session: AsyncSession, *, now: datetime, grace: timedelta, limit: int = 1000
+) -> int:
+    """The sweeper's share: attempts ended longer than `grace` ago and still unsettled."""
+    ids = await store.ended_unsettled(session, now - grace, limit)
+    return await settle_attempts(session, ids, now=now)
+
+
+async def send_commands(
+    enablex: EnablexClient, commands: list[Command]
+) -> list[tuple[Command, TransientEnablexError]]:
+    """Send IVR commands: in order per call, calls in parallel. A call already gone (404)
+    is fine; a transient failure is returned for the caller to retry later."""
+    per_call: dict[str, list[Command]] = defaultdict(list)
+    for command in commands:
+        per_call[command.voice_id].append(command)
+
+    async def one_call(queue: list[Command]) -> list[tuple[Command, TransientEnablexError]]:
+        failed: list[tuple[Command, TransientEnablexError]] = []
+        for i, command in enumerate(queue):
+            try:
+                await send_command(enablex, command)
+            except TransientEnablexError as exc:
+                failed += [(c, exc) for c in queue[i:]]
+                break
+        return failed
+
+    outcomes = await asyncio.gather(*(one_call(q) for q in per_call.values()))
+    return [f for failed in outcomes for f in failed]
+
+
+async def send_command(enablex: EnablexClient, command: Command) -> None:
+    """One command; transient errors propagate, rejections are logged and dropped."""
+    try:
+        if command.play is None:
+            await enablex.hangup(command.broadcast_id, command.voice_id)
+        else:
+            await enablex.play(command.broadcast_id, command.voice_id, command.play)
+    except EnablexRejection as exc:
+        if exc.status_code == 404:
+            log.debug("call %s already gone: %s", command.voice_id, exc)
+        else:
+            log.warning("IVR command for call %s rejected: %s", command.voice_id, exc)

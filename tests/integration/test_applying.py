@@ -1,0 +1,540 @@
+"""Applying webhook events to attempts: real SQL, the real apply path, every delivery order.
+
+Each scenario is one call's events as the platform sends them. They are stored the way
+the ingester stores them and applied one delivery at a time (separate jobs), in order,
+reversed, shuffled, duplicated, or all at once; the attempt row, the answers, the
+recipient and the DNC list must end the same, and be right.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from arq.connections import RedisSettings, create_pool
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from campaigns.applying import ApplyConfig, ApplyResult, apply_events, settle_attempts
+from campaigns.config import Settings
+from campaigns.db import async_session_factory, make_async_engine
+from campaigns.enablex.events import dedupe_key
+from campaigns.models import (
+    Answer,
+    Batch,
+    BatchState,
+    CallAttempt,
+    DncNumber,
+    Recipient,
+    RecipientStatus,
+    WebhookEvent,
+)
+from campaigns.store import events as store
+from tests.integration.factories import campaign_toml, create_campaign, make_list, us_numbers
+from workers.context import build_deps, close_deps
+from workers.event_jobs import sweep_events
+
+POLL = """
+[poll]
+opt_out_digit = "9"
+opt_out_message = "You will not be called again."
+closing_message = "Thank you, goodbye."
+
+[[poll.questions]]
+key = "rating"
+kind = "dtmf"
+text = "Press 1 for good, 2 for bad."
+choices = { "1" = "good", "2" = "bad" }
+max_tries = 2
+invalid_message = "Sorry."
+
+[[poll.questions]]
+key = "again"
+kind = "asr"
+text = "Would you come again?"
+choices = { "yes" = "yes", "no" = "no" }
+"""
+T0 = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
+NOW = T0 + timedelta(minutes=5)
+CONFIG = ApplyConfig(settle_grace=timedelta(seconds=3), early_timeout=timedelta(seconds=60))
+
+
+@dataclass
+class World:
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    campaign_id: int
+    batch_id: str
+    broadcast_id: str | None
+    attempts: dict[str, int]  # phone -> attempt id
+    settle_later: set[int] = field(default_factory=set)
+    results: list[ApplyResult] = field(default_factory=list)
+
+    async def deliver(self, events: list[dict[str, Any]], *, now: datetime = NOW) -> ApplyResult:
+        """Store events as the ingester does, then apply them as one job would."""
+        async with self.engine.begin() as conn:
+            ids = await store.insert_events(
+                conn,
+                [
+                    store.NewEvent(dedupe_key(e), e.get("voice_id"), e.get("broadcast_id"), e, now)
+                    for e in events
+                ],
+            )
+        async with self.sessions() as session, session.begin():
+            result = await apply_events(session, ids, now=now, config=CONFIG)
+        self.settle_later.update(result.settle_later)
+        self.results.append(result)
+        return result
+
+    async def settle_after_grace(self) -> None:
+        async with self.sessions() as session, session.begin():
+            await settle_attempts(session, sorted(self.settle_later), now=NOW)
+
+    async def snapshot(self, phone: str) -> dict[str, Any]:
+        attempt_id = self.attempts[phone]
+        async with self.sessions() as session:
+            attempt = await session.get_one(CallAttempt, attempt_id)
+            recipient = await session.get_one(Recipient, attempt.recipient_id)
+            answers = (
+                await session.scalars(
+                    select(Answer)
+                    .where(Answer.attempt_id == attempt_id)
+                    .order_by(Answer.question_key)
+                )
+            ).all()
+            dnc = (await session.scalars(select(DncNumber.phone))).all()
+        return {
+            "attempt": {
+                k: getattr(attempt, k)
+                for k in (
+                    "voice_id",
+                    "state",
+                    "amd_result",
+                    "disconnect_reason",
+                    "outcome",
+                    "ivr_state",
+                    "poll_step",
+                    "poll_tries",
+                    "answered_at",
+                    "ended_at",
+                )
+            },
+            "settled": attempt.settled_at is not None,
+            "answers": [
+                (a.question_key, a.input_kind, a.raw, a.label, a.valid, a.received_at)
+                for a in answers
+            ],
+            "recipient": (recipient.status, recipient.last_outcome, recipient.final_outcome),
+            "dnc": list(dnc),
+        }
+
+
+@pytest.fixture
+async def world_factory(database_url: str) -> AsyncIterator[Callable[..., Any]]:
+    engines: list[AsyncEngine] = []
+
+    async def make(
+        phones: list[str],
+        *,
+        poll: str = POLL,
+        amd: str = 'behaviour = "hangup_and_retry"',
+        broadcast_id: str | None = "bc-0001",
+        max_attempts: int = 3,
+        message: str | None = None,
+    ) -> World:
+        make_list(database_url, phones)
+        toml = campaign_toml(
+            poll=poll,
+            amd=amd,
+            max_attempts=max_attempts,
+            retry_on='["no_answer", "busy", "machine"]',
+        )
+        if message is not None:
+            toml = toml.replace("Hello, this is a test message.", message)
+        campaign_id = await create_campaign(database_url, toml, now=T0)
+        engine = make_async_engine(database_url)
+        engines.append(engine)
+        batch_id = str(uuid.uuid4())
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(Batch).values(
+                    id=batch_id,
+                    campaign_id=campaign_id,
+                    size=len(phones),
+                    broadcast_id=broadcast_id,
+                    submitted_at=T0,
+                    state=BatchState.SUBMITTED if broadcast_id else BatchState.SUBMITTING,
+                )
+            )
+            await conn.execute(
+                update(Recipient)
+                .where(Recipient.campaign_id == campaign_id)
+                .values(status=RecipientStatus.IN_FLIGHT, attempts=1)
+            )
+            rows = (
+                await conn.execute(
+                    select(Recipient.id, Recipient.phone).where(
+                        Recipient.campaign_id == campaign_id
+                    )
+                )
+            ).all()
+            attempts = {}
+            for rid, phone in rows:
+                attempts[phone] = (
+                    await conn.execute(
+                        insert(CallAttempt)
+                        .values(
+                            recipient_id=rid,
+                            campaign_id=campaign_id,
+                            batch_id=batch_id,
+                            attempt_no=1,
+                            phone=phone,
+                            state="queued",
+                        )
+                        .returning(CallAttempt.id)
+                    )
+                ).scalar_one()
+        return World(
+            engine, async_session_factory(engine), campaign_id, batch_id, broadcast_id, attempts
+        )
+
+    yield make
+    for engine in engines:
+        await engine.dispose()
+
+
+class Script:
+    """One call's events, 400 ms apart, as the platform sends them."""
+
+    def __init__(self, phone: str, broadcast_id: str = "bc-0001") -> None:
+        self.voice_id = str(uuid.uuid4())
+        self.phone = phone
+        self.broadcast_id = broadcast_id
+        self.events: list[dict[str, Any]] = []
+
+    def add(self, **fields: Any) -> Script:
+        stamp = T0 + timedelta(milliseconds=400 * len(self.events))
+        self.events.append(
+            {
+                "voice_id": self.voice_id,
+                "broadcast_id": self.broadcast_id,
+                "from": "12025550100",
+                "to": self.phone.lstrip("+"),
+                "timestamp": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                **fields,
+            }
+        )
+        return self
+
+    def prompt(self, ref: str, end: str = "playfinished", **extra: Any) -> Script:
+        self.add(playstate="initiated", prompt_ref=ref, play_id=f"p-{ref}")
+        return self.add(playstate=end, prompt_ref=ref, play_id=f"p-{ref}", **extra)
+
+    def answered(self, amd: str | None = "human") -> Script:
+        self.add(state="initiated").add(state="ringing")
+        return self.add(state="connected", **({"amd_result": amd} if amd else {}))
+
+    def hangup(self, reason: str) -> Script:
+        return self.add(state="disconnected", disconnect_reason=reason)
+
+
+def completed(phone: str) -> Script:
+    s = Script(phone).answered().prompt("msg")
+    s.prompt("q:rating:1", "digitcollected", digit="7")
+    s.prompt("q:rating:2", "digitcollected", digit="2")
+    s.prompt(
+        "q:again:1", "speech_recognized", text="Yes", reason="RecognizedSpeech", confidence=0.93
+    )
+    return s.prompt("closing").hangup("cancelled")
+
+
+def partial(phone: str) -> Script:
+    s = Script(phone).answered().prompt("msg")
+    s.prompt("q:rating:1", "digitcollected", digits="1")
+    s.add(playstate="initiated", prompt_ref="q:again:1")
+    return s.hangup("normal")
+
+
+def opted_out(phone: str) -> Script:
+    s = Script(phone).answered().prompt("msg")
+    return s.prompt("q:rating:1", "digitcollected", digit="9").prompt("optout").hangup("cancelled")
+
+
+def machine(phone: str) -> Script:
+    return (
+        Script(phone)
+        .answered("machine")
+        .add(playstate="initiated", prompt_ref="msg")
+        .hangup("cancelled")
+    )
+
+
+def silent(phone: str) -> Script:
+    s = Script(phone).answered(None).prompt("msg")
+    s.prompt("q:rating:1", "menutimeout").prompt("q:rating:2", "menutimeout")
+    s.prompt("q:again:1", "speech_recognized", text="", reason="NoMatch")
+    return s.hangup("normal")
+
+
+def no_answer(phone: str) -> Script:
+    return Script(phone).add(state="initiated").add(state="ringing").hangup("no-answer")
+
+
+ORDERS: dict[str, Callable[[list[dict[str, Any]]], list[list[dict[str, Any]]]]] = {
+    "in_order": lambda ev: [[e] for e in ev],
+    "reversed": lambda ev: [[e] for e in reversed(ev)],
+    "shuffled": lambda ev: [[e] for e in random.Random(len(ev)).sample(ev, len(ev))],
+    "duplicated": lambda ev: [[e] for e in random.Random(7).sample(ev + ev, 2 * len(ev))],
+    "one_job": lambda ev: [list(ev)],
+    "disconnect_first": lambda ev: [[ev[-1]], *[[e] for e in ev[:-1]]],
+}
+
+SCENARIOS: dict[str, tuple[Callable[[str], Script], dict[str, Any]]] = {
+    "completed": (
+        completed,
+        {
+            "outcome": "completed",
+            "amd": "human",
+            "reason": "cancelled",
+            "ivr": "closing",
+            "answers": [("again", "asr", "Yes", "yes", True), ("rating", "dtmf", "2", "bad", True)],
+            "recipient": ("done", "completed", "completed"),
+            "dnc": False,
+        },
+    ),
+    "partial": (
+        partial,
+        {
+            "outcome": "partial",
+            "amd": "human",
+            "reason": "normal",
+            "ivr": "question",
+            "answers": [("rating", "dtmf", "1", "good", True)],
+            "recipient": ("done", "partial", "partial"),
+            "dnc": False,
+        },
+    ),
+    "opted_out": (
+        opted_out,
+        {
+            "outcome": "opted_out",
+            "amd": "human",
+            "reason": "cancelled",
+            "ivr": "opt_out",
+            "answers": [],
+            "recipient": ("done", "opted_out", "opted_out"),
+            "dnc": True,
+        },
+    ),
+    "machine": (
+        machine,
+        {
+            "outcome": "machine",
+            "amd": "machine",
+            "reason": "cancelled",
+            "ivr": "machine",
+            "answers": [],
+            "recipient": ("waiting_retry", "machine", None),
+            "dnc": False,
+        },
+    ),
+    "silent": (
+        silent,
+        {
+            "outcome": "partial",
+            "amd": None,
+            "reason": "normal",
+            "ivr": "question",
+            "answers": [("rating", "none", None, None, False)],
+            "recipient": ("done", "partial", "partial"),
+            "dnc": False,
+        },
+    ),
+    "no_answer": (
+        no_answer,
+        {
+            "outcome": "no_answer",
+            "amd": None,
+            "reason": "no-answer",
+            "ivr": None,
+            "answers": [],
+            "recipient": ("waiting_retry", "no_answer", None),
+            "dnc": False,
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+async def test_the_same_final_state_whatever_the_delivery_order(
+    world_factory: Callable[..., Any], scenario: str
+) -> None:
+    phones = us_numbers(len(ORDERS))
+    world: World = await world_factory(phones)
+    script_of, expected = SCENARIOS[scenario]
+    snapshots: dict[str, dict[str, Any]] = {}
+    for phone, order in zip(phones, ORDERS, strict=True):
+        script = script_of(phone)
+        for delivery in ORDERS[order](script.events):
+            await world.deliver(delivery)
+        await world.settle_after_grace()
+        snap = await world.snapshot(phone)
+        attempt = snap["attempt"]
+        assert attempt["voice_id"] == script.voice_id, order
+        assert attempt["state"] == "ended", order
+        assert attempt["outcome"] == expected["outcome"], order
+        assert attempt["amd_result"] == expected["amd"], order
+        assert attempt["disconnect_reason"] == expected["reason"], order
+        assert attempt["ivr_state"] == expected["ivr"], order
+        assert (attempt["answered_at"] is not None) == (scenario != "no_answer"), order
+        assert snap["settled"], order
+        assert [a[:5] for a in snap["answers"]] == expected["answers"], order
+        assert snap["recipient"] == expected["recipient"], order
+        assert (phone in snap["dnc"]) == expected["dnc"], order
+        del attempt["voice_id"], snap["dnc"]
+        snapshots[order] = snap
+    # every order gives exactly the in-order result, timestamps included
+    for order, snap in snapshots.items():
+        assert snap == snapshots["in_order"], order
+
+
+async def test_in_order_the_ivr_commands_follow_the_script(
+    world_factory: Callable[..., Any],
+) -> None:
+    phone = us_numbers(1)[0]
+    world: World = await world_factory([phone])
+    sent: list[str] = []
+    for event in completed(phone).events:
+        result = await world.deliver([event])
+        for command in result.commands:
+            assert command.broadcast_id == "bc-0001"
+            sent.append(command.play.prompt_ref if command.play else "hangup")
+    assert sent == ["q:rating:1", "q:rating:2", "q:again:1", "closing", "hangup"]
+    texts = [c.play.text for r in world.results for c in r.commands if c.play]
+    assert texts[1] == "Sorry. Press 1 for good, 2 for bad."
+
+
+async def test_no_command_is_sent_to_a_call_that_has_ended(
+    world_factory: Callable[..., Any],
+) -> None:
+    phone = us_numbers(1)[0]
+    world: World = await world_factory([phone])
+    for delivery in ORDERS["disconnect_first"](completed(phone).events):
+        result = await world.deliver(delivery)
+        assert result.commands == []
+
+
+async def test_disconnected_before_connected_waits_instead_of_settling_wrongly(
+    world_factory: Callable[..., Any],
+) -> None:
+    phone = us_numbers(1)[0]
+    world: World = await world_factory([phone])
+    script = machine(phone)
+    first = await world.deliver([script.events[-1]])  # disconnected (cancelled) first
+    assert first.settle_later == [world.attempts[phone]]
+    assert not (await world.snapshot(phone))["settled"]
+    await world.deliver(script.events[:-1])  # the rest, late
+    snap = await world.snapshot(phone)
+    assert snap["settled"]
+    assert snap["attempt"]["outcome"] == "machine"  # not "completed", not "unknown"
+
+
+async def test_a_machine_reported_after_the_poll_began_still_hangs_up(
+    world_factory: Callable[..., Any],
+) -> None:
+    phone = us_numbers(1)[0]
+    world: World = await world_factory([phone])
+    s = Script(phone).answered(None).prompt("msg")
+    s.add(playstate="initiated", prompt_ref="q:rating:1", amd_result="machine")
+    results = [await world.deliver([e]) for e in s.events]
+    assert [c.play for c in results[-1].commands] == [None]  # hang up
+    assert (await world.snapshot(phone))["attempt"]["ivr_state"] == "machine"
+
+
+async def test_an_early_event_waits_for_its_broadcast_then_applies(
+    world_factory: Callable[..., Any],
+) -> None:
+    phone = us_numbers(1)[0]
+    world: World = await world_factory([phone], broadcast_id=None)
+    script = Script(phone, broadcast_id="bc-late").answered()
+    first = await world.deliver(script.events)
+    assert len(first.waiting) == 3
+    assert (await world.snapshot(phone))["attempt"]["voice_id"] is None
+    async with world.engine.begin() as conn:  # POST /broadcast answers: the id is recorded
+        await conn.execute(
+            update(Batch).where(Batch.id == world.batch_id).values(broadcast_id="bc-late")
+        )
+    async with world.sessions() as session, session.begin():
+        again = await apply_events(session, first.waiting, now=NOW, config=CONFIG)
+    assert again.applied == 3
+    snap = await world.snapshot(phone)
+    assert snap["attempt"]["voice_id"] == script.voice_id
+    assert snap["attempt"]["state"] == "connected"
+
+
+async def test_events_for_numbers_or_calls_not_submitted_are_quarantined(
+    world_factory: Callable[..., Any],
+) -> None:
+    phone, stranger = us_numbers(2)
+    world: World = await world_factory([phone])
+    ours = Script(phone).answered()
+    await world.deliver(ours.events)
+    forged = Script(stranger).answered()  # a known broadcast, a number it never had
+    second_call = Script(phone).answered()  # a second voice_id for the same attempt
+    result = await world.deliver(forged.events + second_call.events)
+    assert (result.applied, result.quarantined) == (0, 6)
+    async with world.sessions() as session:
+        rows = (await session.scalars(select(WebhookEvent).order_by(WebhookEvent.id))).all()
+    assert [r.quarantined for r in rows] == [False] * 3 + [True] * 6
+    assert all(r.applied_at is None for r in rows if r.quarantined)
+    assert (await world.snapshot(phone))["attempt"]["voice_id"] == ours.voice_id
+
+
+async def test_the_sweeper_applies_events_stored_but_never_applied(
+    world_factory: Callable[..., Any], database_url: str, redis_url: str
+) -> None:
+    phone = us_numbers(1)[0]
+    world: World = await world_factory([phone])
+    script = completed(phone)
+    async with world.engine.begin() as conn:  # stored, then the worker "crashed"
+        await store.insert_events(
+            conn,
+            [
+                store.NewEvent(dedupe_key(e), e["voice_id"], e["broadcast_id"], e, T0)
+                for e in script.events
+            ],
+        )
+    settings = Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        queue_name=f"test-apply-{uuid.uuid4().hex[:8]}",
+    )
+    redis = await create_pool(RedisSettings.from_dsn(redis_url))
+    deps = await build_deps(settings, redis, clock=lambda: NOW)
+    try:
+        status = await sweep_events({"deps": deps})
+    finally:
+        await close_deps(deps)
+        await redis.aclose()
+    assert status.startswith(f"re-applied {len(script.events)}")
+    snap = await world.snapshot(phone)
+    assert snap["settled"]
+    assert snap["attempt"]["outcome"] == "completed"
+    assert [a[3] for a in snap["answers"]] == ["yes", "bad"]
+
+
+async def test_commands_carry_the_personalised_message(
+    world_factory: Callable[..., Any],
+) -> None:
+    phone = us_numbers(1)[0]
+    world: World = await world_factory([phone], poll="", message="Hello {name} from {city}.")
+    # the factory's contacts are "Person 0"... with attributes {"city": "Springfield"}
+    script = Script(phone).answered().prompt("greet")
+    results = [await world.deliver([e]) for e in script.events]
+    plays = [c.play for r in results for c in r.commands if c.play]
+    assert [(p.prompt_ref, p.text) for p in plays] == [("msg", "Hello Person 0 from Springfield.")]

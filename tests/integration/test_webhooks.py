@@ -1,0 +1,264 @@
+"""The ingester app against a real database and Redis (httpx.ASGITransport, no mocks)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from datetime import timedelta
+
+import httpx
+import pytest
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from campaigns.applying import ApplyConfig, apply_events
+from campaigns.config import Settings
+from campaigns.db import async_session_factory, make_async_engine, make_engine
+from campaigns.enablex.crypto import encrypt_payload
+from campaigns.local_redis import free_port
+from campaigns.models import WebhookEvent, utcnow
+from campaigns.webhooks import create_app
+
+APP_ID = "5f1e99bf90ce3c3ccsc52e6462"
+TOKEN = "tok-" + "x" * 28
+
+
+def event(
+    state: str = "connected", *, voice_id: str | None = None, **extra: object
+) -> dict[str, object]:
+    return {
+        "voice_id": voice_id or str(uuid.uuid4()),
+        "broadcast_id": "74a2c2c2-4d55-4b0d-a9f6-8ec09f3bcc35",
+        "state": state,
+        "from": "12025550100",
+        "to": "12025550123",
+        "timestamp": "2024-05-01T10:52:10.000Z",
+        **extra,
+    }
+
+
+@dataclass
+class Ingest:
+    client: httpx.AsyncClient
+    settings: Settings
+    engine: AsyncEngine
+    redis: ArqRedis
+    database_url: str
+
+    def stored(self) -> list[WebhookEvent]:
+        engine = make_engine(self.database_url)
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(select(WebhookEvent).order_by(WebhookEvent.id)).all()
+        finally:
+            engine.dispose()
+        return [WebhookEvent(**row._mapping) for row in rows]
+
+    async def post(
+        self,
+        data: dict[str, object] | bytes,
+        *,
+        token: str = TOKEN,
+        app_id: str = APP_ID,
+        encrypted: bool = True,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        if isinstance(data, bytes):
+            body, sent = data, dict(headers or {})
+        elif encrypted:
+            sent, body = encrypt_payload(data, app_id)
+        else:
+            sent, body = {}, json.dumps(data).encode()
+        return await self.client.post(f"/webhooks/enablex/{token}", content=body, headers=sent)
+
+
+def make_settings(database_url: str, redis_url: str, **changes: object) -> Settings:
+    base = Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        enablex_app_id=APP_ID,
+        webhook_token=TOKEN,
+        queue_name=f"test-webhooks-{uuid.uuid4().hex[:8]}",
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def ingest(database_url: str, redis_url: str) -> AsyncIterator[Ingest]:
+    settings = make_settings(database_url, redis_url)
+    engine = make_async_engine(database_url)
+    redis = await create_pool(RedisSettings.from_dsn(redis_url))
+    app = create_app(settings, engine=engine, redis=redis)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+        yield Ingest(client, settings, engine, redis, database_url)
+    await redis.aclose()
+    await engine.dispose()
+
+
+async def test_an_event_is_stored_then_acknowledged_and_handed_to_the_workers(
+    ingest: Ingest,
+) -> None:
+    data = event("connected", amd_result="human")
+    response = await ingest.post(data)
+    assert response.status_code == 200
+    (row,) = ingest.stored()
+    assert row.payload == data
+    assert row.voice_id == data["voice_id"]
+    assert row.applied_at is None
+    assert not row.quarantined
+    # The job is enqueued right after the commit (the 200 does not wait for Redis).
+    for _ in range(200):
+        queued = await ingest.redis.zrange(ingest.settings.queue_name, 0, -1)
+        if queued:
+            break
+        await asyncio.sleep(0.01)
+    assert queued == [f"apply-events:{row.id}".encode()]
+
+
+async def test_a_redelivered_copy_is_acknowledged_and_stored_once(ingest: Ingest) -> None:
+    data = event("disconnected", disconnect_reason="normal")
+    first = await ingest.post(data)
+    again = await ingest.post(data)
+    plain = await ingest.post({**data, "extra_delivery_field": 1}, encrypted=False)
+    assert (first.status_code, again.status_code, plain.status_code) == (200, 200, 200)
+    assert len(ingest.stored()) == 1
+
+
+@pytest.mark.parametrize("token", ["wrong-" + "y" * 26, TOKEN[:-1], TOKEN + "z"])
+async def test_a_wrong_path_token_is_404_and_nothing_is_stored(ingest: Ingest, token: str) -> None:
+    response = await ingest.post(event(), token=token)
+    assert response.status_code == 404
+    assert response.content == b""
+    assert ingest.stored() == []
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status"),
+    [
+        (b"not json at all", {}, 400),
+        (b"[1, 2, 3]", {}, 400),
+        (b'{"voice_id": "v", "note": "no state"}', {}, 400),  # not an event
+        (b'{"encrypted_data": "!!!not base64!!!"}', {"x-algoritm": "aes256"}, 400),
+        (b'{"encrypted_data": "abcd"}', {"x-algoritm": "aes256"}, 400),
+        (b'{"encrypted_data": "zmBoizYbvOA4PKkriZv+w6NvqZ8oB0vw"}', {"x-algoritm": "rot13"}, 400),
+    ],
+)
+async def test_junk_is_refused_and_nothing_is_stored(
+    ingest: Ingest,
+    body: bytes,
+    headers: dict[str, str],
+    status: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    response = await ingest.post(body, headers=headers)
+    assert response.status_code == status
+    assert ingest.stored() == []
+    assert body.decode() not in caplog.text  # refusals are logged without the payload
+
+
+async def test_a_payload_encrypted_with_another_key_is_refused(ingest: Ingest) -> None:
+    response = await ingest.post(event(), app_id="some-other-app-id")
+    assert response.status_code == 400
+    assert ingest.stored() == []
+
+
+async def test_a_ten_megabyte_body_is_413_and_nothing_is_stored(ingest: Ingest) -> None:
+    big = json.dumps({**event(), "padding": "x" * 10_000_000}).encode()
+    response = await ingest.post(big)
+    assert response.status_code == 413
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: stop reading past the limit
+        for start in range(0, len(big), 65536):
+            yield big[start : start + 65536]
+
+    streamed = await ingest.client.post(f"/webhooks/enablex/{TOKEN}", content=chunks())
+    assert streamed.status_code == 413
+    assert ingest.stored() == []
+
+
+async def test_plaintext_is_refused_when_the_setting_says_so(
+    database_url: str, redis_url: str
+) -> None:
+    settings = make_settings(database_url, redis_url, webhook_accept_plaintext=False)
+    engine = make_async_engine(database_url)
+    redis = await create_pool(RedisSettings.from_dsn(redis_url))
+    app = create_app(settings, engine=engine, redis=redis)
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://ingest"
+        ) as client:
+            ingest = Ingest(client, settings, engine, redis, database_url)
+            refused = await ingest.post(event(), encrypted=False)
+            accepted = await ingest.post(event())
+    finally:
+        await redis.aclose()
+        await engine.dispose()
+    assert refused.status_code == 415
+    assert accepted.status_code == 200
+    assert len(ingest.stored()) == 1
+
+
+async def test_an_event_for_a_call_never_submitted_is_quarantined_never_applied(
+    ingest: Ingest,
+) -> None:
+    assert (await ingest.post(event("connected"))).status_code == 200
+    (row,) = ingest.stored()
+    sessions = async_session_factory(ingest.engine)
+    now = utcnow()
+    config = ApplyConfig(early_timeout=timedelta(seconds=60))
+    async with sessions() as session, session.begin():  # young: it may be early, so it waits
+        early = await apply_events(session, [row.id], now=now, config=config)
+    assert early.waiting == [row.id]
+    later = now + timedelta(seconds=61)
+    async with sessions() as session, session.begin():
+        result = await apply_events(session, [row.id], now=later, config=config)
+    assert (result.applied, result.quarantined) == (0, 1)
+    (row,) = ingest.stored()
+    assert row.quarantined
+    assert row.applied_at is None
+    async with sessions() as session, session.begin():  # and never applied afterwards
+        again = await apply_events(session, [row.id], now=later, config=config)
+    assert (again.applied, again.quarantined, again.waiting) == (0, 0, [])
+
+
+async def test_healthz_reports_database_and_redis(ingest: Ingest) -> None:
+    response = await ingest.client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"database": "ok", "redis": "ok", "status": "ok"}
+
+
+async def test_outages_answer_503(ingest: Ingest) -> None:
+    dead_port = free_port()
+    dead_db = make_async_engine(f"postgresql://postgres@127.0.0.1:{dead_port}/nothing")
+    dead_redis = ArqRedis(host="127.0.0.1", port=dead_port, socket_connect_timeout=1)
+    app = create_app(ingest.settings, engine=dead_db, redis=dead_redis)
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://ingest"
+        ) as client:
+            health = await client.get("/healthz")
+            down = Ingest(client, ingest.settings, dead_db, dead_redis, ingest.database_url)
+            posted = await down.post(event())
+    finally:
+        await dead_redis.aclose()
+        await dead_db.dispose()
+    assert health.status_code == 503
+    assert health.json()["database"].startswith("error")
+    assert health.json()["redis"].startswith("error")
+    assert posted.status_code == 503  # EnableX redelivers later
+
+
+async def test_concurrent_deliveries_are_all_stored(ingest: Ingest) -> None:
+    events = [event("ringing") for _ in range(200)]
+    responses = await asyncio.gather(*(ingest.post(e) for e in events + events[:50]))
+    assert {r.status_code for r in responses} == {200}
+    stored = ingest.stored()
+    assert sorted(r.voice_id or "" for r in stored) == sorted(str(e["voice_id"]) for e in events)
+    async with ingest.engine.connect() as conn:
+        count = await conn.scalar(select(func.count()).select_from(WebhookEvent))
+    assert count == 200

@@ -1,0 +1,148 @@
+"""The event side's arq jobs: apply stored webhook events, send IVR commands, settle late.
+
+Thin: each takes ids, opens one transaction, calls `campaigns.applying`, then sends the
+IVR commands after the commit (a play command never waits on unrelated work: the batch's
+commands go out in parallel, per call in order). Every job is safe to run twice: events
+are applied once (`applied_at`, under a lock), settling is idempotent.
+
+The ingester enqueues one `apply_events` job per commit group (job id from the group's
+first event id). The cron `sweep_events` re-applies what was stored but never applied (a
+crash between the commit and the enqueue, a lost Redis) and settles attempts whose
+settle waited for a reordered event that never came.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from arq import Retry, cron, func
+from sqlalchemy.exc import OperationalError
+
+from campaigns import applying
+from campaigns.config import Settings
+from campaigns.enablex.client import PlaySpec
+from campaigns.errors import TransientEnablexError
+from campaigns.store import events as store
+from campaigns.webhooks import APPLY_JOB
+from workers.context import Deps, deps_of
+
+log = logging.getLogger(__name__)
+
+SETTLE_JOB = "settle_attempts"
+COMMAND_JOB = "send_ivr_command"
+COMMAND_MAX_TRIES = 6
+SWEEP_BATCH = 500
+# Events younger than this are left to their own job (not raced by the sweeper).
+SWEEP_MIN_AGE = timedelta(seconds=5)
+
+
+def apply_config(settings: Settings) -> applying.ApplyConfig:
+    """The applier's settings (grace and early-event timeout fall back to defaults on
+    deployments whose Settings do not carry them yet)."""
+    grace = getattr(settings, "settle_grace_seconds", None)
+    early = getattr(settings, "early_event_timeout_seconds", None)
+    return applying.ApplyConfig(
+        amd_field=settings.amd_field,
+        settle_grace=timedelta(seconds=grace) if grace else applying.DEFAULT_SETTLE_GRACE,
+        early_timeout=timedelta(seconds=early) if early else applying.DEFAULT_EARLY_TIMEOUT,
+    )
+
+
+async def _apply(deps: Deps, event_ids: list[int]) -> applying.ApplyResult:
+    config = apply_config(deps.settings)
+    async with deps.sessions() as session, session.begin():
+        result = await applying.apply_events(session, event_ids, now=deps.clock(), config=config)
+    failed = await applying.send_commands(deps.enablex, result.commands)
+    for command, exc in failed:
+        log.info("IVR command for %s failed (%s): retrying", command.voice_id, exc)
+        await deps.redis.enqueue_job(
+            COMMAND_JOB,
+            command.broadcast_id,
+            command.voice_id,
+            command.play,
+            _defer_by=timedelta(seconds=exc.retry_after or 0.2),
+            _queue_name=deps.settings.queue_name,
+        )
+    if result.settle_later:
+        await deps.redis.enqueue_job(
+            SETTLE_JOB,
+            sorted(result.settle_later),
+            _job_id=f"settle:{min(result.settle_later)}:{len(result.settle_later)}",
+            _defer_by=config.settle_grace,
+            _queue_name=deps.settings.queue_name,
+        )
+    return result
+
+
+async def apply_events(ctx: dict[str, Any], event_ids: list[int]) -> str:
+    """Apply a group of stored events. Early events (broadcast not recorded yet) are
+    retried with backoff; the sweeper keeps retrying them until they are quarantined."""
+    deps = deps_of(ctx)
+    tries = int(ctx.get("job_try", 1))
+    try:
+        result = await _apply(deps, event_ids)
+    except OperationalError as exc:  # a deadlock or a lost connection: run again
+        log.warning("applying events failed (%s): retrying", exc.__class__.__name__)
+        raise Retry(defer=timedelta(seconds=min(5.0, 0.1 * 2**tries))) from exc
+    if result.waiting and tries < 8:
+        raise Retry(defer=timedelta(seconds=min(5.0, 0.25 * 2 ** (tries - 1))))
+    return (
+        f"applied {result.applied}, quarantined {result.quarantined}, "
+        f"waiting {len(result.waiting)}, settled {result.settled}, "
+        f"{len(result.commands)} commands"
+    )
+
+
+async def settle_attempts(ctx: dict[str, Any], attempt_ids: list[int]) -> str:
+    """Settle attempts whose grace period for late events is over."""
+    deps = deps_of(ctx)
+    async with deps.sessions() as session, session.begin():
+        settled = await applying.settle_attempts(session, attempt_ids, now=deps.clock())
+    return f"settled {settled}"
+
+
+async def send_ivr_command(
+    ctx: dict[str, Any], broadcast_id: str, voice_id: str, play: PlaySpec | None
+) -> str:
+    """Retry one IVR command after a transient failure (backoff, then give up: the
+    platform's own prompt timeouts and the sweeper end the call)."""
+    deps = deps_of(ctx)
+    tries = int(ctx.get("job_try", 1))
+    command = applying.Command(0, broadcast_id, voice_id, play)
+    try:
+        await applying.send_command(deps.enablex, command)
+    except TransientEnablexError as exc:
+        if tries >= COMMAND_MAX_TRIES:
+            log.warning("IVR command for %s given up after %d tries: %s", voice_id, tries, exc)
+            return "given up"
+        raise Retry(defer=timedelta(seconds=exc.retry_after or 0.2 * 2**tries)) from exc
+    return "sent"
+
+
+async def sweep_events(ctx: dict[str, Any]) -> str:
+    """Re-apply stored-but-unapplied events; settle ended attempts past their grace."""
+    deps = deps_of(ctx)
+    now = deps.clock()
+    config = apply_config(deps.settings)
+    async with deps.sessions() as session:
+        ids = await store.unapplied_event_ids(session, now - SWEEP_MIN_AGE, 10 * SWEEP_BATCH)
+    applied = quarantined = 0
+    for start in range(0, len(ids), SWEEP_BATCH):
+        result = await _apply(deps, ids[start : start + SWEEP_BATCH])
+        applied += result.applied
+        quarantined += result.quarantined
+    async with deps.sessions() as session, session.begin():
+        settled = await applying.settle_overdue(session, now=now, grace=config.settle_grace)
+    return f"re-applied {applied}, quarantined {quarantined}, settled {settled} overdue"
+
+
+EVENT_FUNCTIONS = [
+    func(apply_events, name=APPLY_JOB, keep_result=0, max_tries=20),
+    func(settle_attempts, name=SETTLE_JOB, keep_result=0),
+    func(send_ivr_command, name=COMMAND_JOB, keep_result=0, max_tries=COMMAND_MAX_TRIES + 1),
+]
+EVENT_CRON_JOBS = [
+    cron(sweep_events, second=set(range(0, 60, 5)), timeout=120, max_tries=1, run_at_startup=False),
+]
