@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from campaigns.definition import CampaignDefinition, Retry, Window
 
 __all__ = [
+    "PACING_MARGIN",
     "Decision",
     "Outcome",
     "campaign_active",
@@ -37,9 +38,8 @@ __all__ = [
     "in_window",
     "next_allowed_start",
     "next_window_start",
-    "retry_delay",
     "pacing_slot",
-    "PACING_MARGIN",
+    "retry_delay",
     "zones_of",
 ]
 
