@@ -209,8 +209,12 @@ async def submit_batch(
     *,
     event_url: str,
     now: datetime,
+    pacer: Pacer | None = None,
 ) -> SubmitOutcome:
     """Send one claimed batch to EnableX, re-checking DNC, window and campaign status first.
+
+    With a `pacer`, the POST waits for room in the campaign's sliding one-second window of
+    calls actually sent (rule 6 holds even when this job started late).
 
     A transient failure puts the batch back to `claimed` for a later try; a timeout (the
     broadcast may exist) marks it `unknown`, never resubmitted; a rejection fails the batch
@@ -225,6 +229,9 @@ async def submit_batch(
         members = await store.batch_members(session, batch_id)
         if campaign.status != CampaignStatus.RUNNING:
             await store.release_attempts(session, [m.attempt_id for m in members], now)
+            if campaign.status == CampaignStatus.CANCELLED:
+                # Released claims of a cancelled campaign are cancelled, not pending again.
+                await campaign_store.cancel_open_recipients(session, campaign.id, now)
             await store.set_batch_state(
                 session,
                 batch_id,
@@ -234,7 +241,8 @@ async def submit_batch(
                 error=f"campaign {campaign.status} before submission",
             )
             return SubmitOutcome("released", f"campaign {campaign.status}")
-        definition = campaign_definition(campaign.id, campaign.definition)
+        campaign_id = campaign.id
+        definition = campaign_definition(campaign_id, campaign.definition)
         members = await _recheck(session, definition, members, now)
         if not members:
             await store.set_batch_state(
@@ -257,6 +265,13 @@ async def submit_batch(
         )
     retries = definition.retry.max_attempts - 1 if definition.platform_retries else 0
     interval_ms = int(definition.retry.delays[0].total_seconds() * 1000) if retries else 0
+    if pacer is not None:
+        await pacer.admit(
+            campaign_id,
+            rate=definition.pacing.calls_per_second,
+            count=len(members),
+            batch_id=batch_id,
+        )
     try:
         created = await enablex.create_broadcast(
             name=definition.name,

@@ -5,10 +5,17 @@ Each batch asks for a slot: a start time at which it may be submitted. One Lua s
 batches `count / rate` apart, so however many workers dispatch, no one-second window holds
 more than `rate` dials. `campaigns.scheduling.pacing_slot` is the pure reference model this
 script follows; the submit job waits for its slot (`_defer_until`).
+
+Slots are planned times; a submit job may start late (a busy worker, a slow poll) and the
+next one on time, which would put more than `rate` calls into one second. So right before
+the POST, `admit` checks a sliding log of what was actually sent (a sorted set in Redis):
+a batch goes only when the calls sent in the last `ADMIT_WINDOW` seconds plus its own stay
+within `rate`; otherwise it waits for the oldest to leave the window.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 from redis.asyncio import Redis
@@ -51,6 +58,41 @@ redis.call('HSET', KEYS[1], 'tat', tostring(tat - unused))
 return 1
 """
 
+ADMIT = """
+local rate = tonumber(ARGV[1])
+local count = tonumber(ARGV[2])
+local window = tonumber(ARGV[3])
+local member = ARGV[4]
+local force = ARGV[5] == '1'
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. tostring(now - window))
+local sent = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local total = 0
+for i = 1, #sent, 2 do
+  total = total + tonumber(string.match(sent[i], '^(%d+):'))
+end
+-- A batch larger than the rate goes alone (an empty window), never waits for ever.
+if force or total == 0 or total + count <= rate then
+  redis.call('ZADD', KEYS[1], now, tostring(count) .. ':' .. member)
+  redis.call('EXPIRE', KEYS[1], 60)
+  return '0'
+end
+-- Wait until enough of the oldest sends have left the window.
+local over = total + count - rate
+for i = 1, #sent, 2 do
+  over = over - tonumber(string.match(sent[i], '^(%d+):'))
+  if over <= 0 then
+    return tostring(tonumber(sent[i + 1]) + window - now)
+  end
+end
+return tostring(window)
+"""
+
+# The admission window: a second plus room for the jitter between the check and the
+# moment the provider counts the call (loopback or a nearby region: a few milliseconds).
+ADMIT_WINDOW = 1.02
+
 # Slots start at least this far ahead (room to commit the claim and enqueue the job) and
 # at most this far ahead (the dispatcher claims no more than that in advance).
 LEAD_SECONDS = 0.2
@@ -61,6 +103,10 @@ def pacer_key(campaign_id: int) -> str:
     return f"campaigns:pace:{campaign_id}"
 
 
+def sent_key(campaign_id: int) -> str:
+    return f"campaigns:sent:{campaign_id}"
+
+
 class Pacer:
     """Hands out paced submission slots for a campaign's batches."""
 
@@ -69,6 +115,7 @@ class Pacer:
     ) -> None:
         self._slot = redis.register_script(SLOT)
         self._give = redis.register_script(GIVE_BACK)
+        self._admit = redis.register_script(ADMIT)
         self.lead = lead
         self.horizon = horizon
 
@@ -93,3 +140,24 @@ class Pacer:
             keys=[pacer_key(campaign_id)],
             args=[expected, (asked - used) / rate * PACING_MARGIN],
         )
+
+    async def admit(
+        self, campaign_id: int, *, rate: float, count: int, batch_id: str, limit: float = 30.0
+    ) -> float:
+        """Wait until `count` more calls fit in the sliding window, then record them as
+        sent. Returns the seconds waited. Gives up waiting after `limit` seconds (and
+        records the batch anyway: a stuck clock must not stall a campaign for ever)."""
+        waited = 0.0
+        while True:
+            force = "1" if waited >= limit else "0"
+            wait = float(
+                await self._admit(
+                    keys=[sent_key(campaign_id)],
+                    args=[rate, count, ADMIT_WINDOW, batch_id, force],
+                )
+            )
+            if wait <= 0:
+                return waited
+            wait = min(wait + 0.001, limit - waited)
+            await asyncio.sleep(wait)
+            waited += wait

@@ -17,11 +17,18 @@ log = logging.getLogger(__name__)
 SUBMIT_MAX_TRIES = 12
 
 
+def _pacer(ctx: dict[str, Any]) -> Pacer:
+    """The worker's one Pacer (its Lua scripts registered once)."""
+    pacer = ctx.get("pacer")
+    if not isinstance(pacer, Pacer):
+        pacer = ctx["pacer"] = Pacer(deps_of(ctx).redis)
+    return pacer
+
+
 async def dispatch_tick(ctx: dict[str, Any]) -> str:
     """Every second: claim what is due for every running campaign, in paced batches."""
     deps = deps_of(ctx)
-    pacer = ctx.setdefault("pacer", Pacer(deps.redis))
-    result = await engine.dispatch_all(deps.sessions, deps.redis, pacer, deps.clock())
+    result = await engine.dispatch_all(deps.sessions, deps.redis, _pacer(ctx), deps.clock())
     return f"claimed {result.claimed} in {len(result.batches)} batches"
 
 
@@ -33,6 +40,7 @@ async def submit_batch(ctx: dict[str, Any], batch_id: str) -> str:
         batch_id,
         event_url=deps.settings.webhook_event_url,
         now=deps.clock(),
+        pacer=_pacer(ctx),
     )
     if outcome.status == "retry":
         tries = int(ctx.get("job_try", 1))
