@@ -9,7 +9,7 @@ from datetime import datetime
 import pytest
 from redis.asyncio import Redis
 
-from campaigns.pacing import Pacer
+from campaigns.pacing import ADMIT_WINDOW, Pacer, sent_key
 from campaigns.scheduling import PACING_MARGIN
 
 
@@ -91,3 +91,37 @@ async def test_many_concurrent_dispatchers_never_exceed_the_rate(redis_url: str)
     finally:
         for c in clients:
             await c.aclose()
+
+
+async def test_admission_holds_the_sent_calls_of_any_second_within_the_rate(
+    redis_url: str,
+) -> None:
+    """Three batches of 5 at 10/s asked for at once: two go now, the third waits until the
+    first has left the one-second window of calls actually sent."""
+    redis = Redis.from_url(redis_url)
+    pacer = Pacer(redis)
+    try:
+        started = time.monotonic()
+        waits = [await pacer.admit(5, rate=10, count=5, batch_id=f"b{i}") for i in range(3)]
+        elapsed = time.monotonic() - started
+        assert waits[:2] == [0.0, 0.0]
+        assert waits[2] == pytest.approx(ADMIT_WINDOW, abs=0.1)
+        assert elapsed >= ADMIT_WINDOW - 0.05
+        # Another campaign's window is its own.
+        assert await pacer.admit(6, rate=10, count=10, batch_id="other") == 0.0
+    finally:
+        await redis.aclose()
+
+
+async def test_admission_never_waits_for_ever(redis_url: str) -> None:
+    """A batch larger than the rate goes alone; a waiting batch goes after `limit`."""
+    redis = Redis.from_url(redis_url)
+    pacer = Pacer(redis)
+    try:
+        assert await pacer.admit(7, rate=5, count=50, batch_id="big") == 0.0
+        waited = await pacer.admit(7, rate=5, count=1, batch_id="next", limit=0.3)
+        assert waited == pytest.approx(0.3, abs=0.01)
+        members = await redis.zrange(sent_key(7), 0, -1)
+        assert sorted(members) == [b"1:next", b"50:big"]
+    finally:
+        await redis.aclose()
