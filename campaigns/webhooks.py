@@ -23,10 +23,13 @@ import contextlib
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+import uvicorn
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from redis.exceptions import RedisError
 from sqlalchemy import text
@@ -209,8 +212,9 @@ def _refuse(status: int, why: str, request: Request) -> Response:
 class Ingester:
     """The request handlers, bound to one deployment's settings and connections."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], datetime] = utcnow) -> None:
         self.settings = settings
+        self.clock = clock
         self._token = settings.webhook_token.encode()
         self.engine: AsyncEngine | None = None
         self.redis: ArqRedis | None = None
@@ -249,7 +253,7 @@ class Ingester:
             voice_id=event.voice_id,
             broadcast_id=event.broadcast_id,
             payload=data,
-            received_at=utcnow(),
+            received_at=self.clock(),
         )
         assert self.writer is not None
         try:
@@ -288,10 +292,12 @@ def create_app(
     *,
     engine: AsyncEngine | None = None,
     redis: ArqRedis | None = None,
+    clock: Callable[[], datetime] = utcnow,
 ) -> Starlette:
     """The ingester app. With `engine` and `redis` given, the caller owns them; without,
-    the app builds them at startup (from the settings) and closes them at shutdown."""
-    ingester = Ingester(settings)
+    the app builds them at startup (from the settings) and closes them at shutdown.
+    `clock` stamps each event's `received_at` (the demo runs a sped-up clock)."""
+    ingester = Ingester(settings, clock)
     if engine is not None and redis is not None:
         ingester.attach(engine, redis)  # usable without a lifespan (httpx.ASGITransport)
 
@@ -327,3 +333,47 @@ def create_app(
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.ingester = ingester
     return app
+
+
+@contextlib.asynccontextmanager
+async def serve_ingester(
+    settings: Settings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    clock: Callable[[], datetime] = utcnow,
+) -> AsyncIterator[int]:
+    """Serve the ingester on this event loop (uvicorn, no access log) until the block
+    exits; yields the port (0: a free one). For the demo and tests; `campaign webhooks`
+    runs it as its own process."""
+    if not settings.redis_url:
+        raise RuntimeError("serve_ingester needs settings.redis_url")
+    engine = make_async_engine(settings.database_url)
+    redis = await create_pool(RedisSettings.from_dsn(settings.redis_url))
+    app = create_app(settings, engine=engine, redis=redis, clock=clock)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    )
+    try:
+        sock.bind((host, port))
+        sock.listen(1024)
+        task = asyncio.create_task(server.serve(sockets=[sock]), name="ingester-server")
+        try:
+            while not server.started:
+                if task.done():
+                    task.result()
+                    raise RuntimeError("the ingester stopped while starting")
+                await asyncio.sleep(0.005)
+            yield int(sock.getsockname()[1])
+        finally:
+            server.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        sock.close()
+        if app.state.ingester.writer is not None:
+            await app.state.ingester.writer.close()
+        await redis.aclose()
+        await engine.dispose()

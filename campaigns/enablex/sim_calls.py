@@ -11,6 +11,8 @@ one record per dial: the ground truth the tests and benchmarks compare against.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import math
 import time
 import uuid
 from collections import Counter, deque
@@ -117,6 +119,44 @@ def peak_in_window(times: list[float], window: float = 1.0) -> int:
     return best
 
 
+def ivr_turns(ledger: list[dict[str, Any]]) -> list[float]:
+    """Real seconds from each input or finished prompt to the application's next prompt on
+    the same call: how long a person waited for the IVR to answer."""
+    turns: list[float] = []
+    for record in ledger:
+        cue: dict[str, float] = {}  # play_id -> when the person was done with it
+        for prompt in record["prompts"]:
+            if "finished_t" in prompt:
+                cue[prompt["play_id"]] = prompt["finished_t"]
+        for given in record["inputs"]:
+            if "t" in given:
+                cue[given["play_id"]] = given["t"]
+        prompts = record["prompts"]
+        for before, prompt in itertools.pairwise(prompts):
+            done = cue.get(before["play_id"])
+            if prompt["source"] == "app" and done is not None and "t" in prompt:
+                turns.append(round(prompt["t"] - done, 4))
+    return turns
+
+
+def percentiles(values: list[float]) -> dict[str, float | int]:
+    """count, p50, p95, p99 and max of `values` (nearest rank); zeros when empty."""
+    if not values:
+        return {"count": 0, "p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0}
+    ordered = sorted(values)
+
+    def rank(q: float) -> float:
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+    return {
+        "count": len(ordered),
+        "p50": rank(0.50),
+        "p95": rank(0.95),
+        "p99": rank(0.99),
+        "max": ordered[-1],
+    }
+
+
 class CallEngine:
     """All live and finished calls of one simulator; mutated only on the event loop."""
 
@@ -128,12 +168,15 @@ class CallEngine:
         seed: int,
         speed: float,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.profile = profile
         self.sender = sender
         self.seed = seed
         self.speed = speed
         self._clock = clock
+        # Epoch seconds for the ledger's and the events' time stamps.
+        self._wall = wall
         self.reset()
 
     def stop(self) -> None:
@@ -209,7 +252,7 @@ class CallEngine:
         self.peak_live = max(self.peak_live, self.live)
         leg.record = {
             "number": "+" + number,
-            "time": _iso(time.time()),
+            "time": _iso(self._wall()),
             "t": round(now - self._epoch, 4),
             "broadcast_id": b.broadcast_id,
             "voice_id": leg.voice_id,
@@ -240,7 +283,7 @@ class CallEngine:
             event["broadcast_id"] = leg.broadcast.broadcast_id
         event["from"] = leg.broadcast.request.from_number
         event["to"] = leg.number
-        event["timestamp"] = _iso(time.time())
+        event["timestamp"] = _iso(self._wall())
         event.update(fields)
         faults = draw_delivery_faults(self.profile, self.seed, leg.number, leg.attempt, leg.events)
         leg.events += 1
@@ -274,6 +317,10 @@ class CallEngine:
 
     # -- prompts and answers --------------------------------------------------------------
 
+    def _t(self) -> float:
+        """Real seconds since the start (or the last reset), as the ledger's `t` fields."""
+        return round(self._clock() - self._epoch, 4)
+
     def _play(self, leg: Leg, spec: dict[str, Any], source: str) -> str:
         if leg.timer is not None:
             leg.timer.cancel()
@@ -286,6 +333,7 @@ class CallEngine:
         prompt_ref = spec.get("prompt_ref")
         asks = "asr" if spec.get("asr") else "dtmf" if spec.get("dtmf") else None
         played: dict[str, Any] = {"play_id": play_id, "prompt_ref": prompt_ref, "source": source}
+        played["t"] = self._t()
         if "text" in spec:
             played["text"] = spec["text"]
         else:
@@ -315,6 +363,7 @@ class CallEngine:
 
     def _play_finished(self, leg: Leg, ref: dict[str, Any]) -> None:
         play_id, leg.play_id = leg.play_id, None
+        leg.record["prompts"][-1]["finished_t"] = self._t()
         self._emit(leg, playstate="playfinished", play_id=play_id, **ref)
         leg.timer = self._later(self.profile.timing.idle_hangup, self._person_hangs_up, leg)
 
@@ -322,6 +371,7 @@ class CallEngine:
         play_id, leg.play_id = leg.play_id, None
         given: dict[str, Any] = {"play_id": play_id, **ref, "kind": asks, "result": draw.kind}
         given["valid"] = draw.valid
+        given["t"] = self._t()
         if draw.kind == "silence":
             given["silence"] = True
             self._emit(leg, playstate="menutimeout", play_id=play_id, **ref)
@@ -412,7 +462,7 @@ class CallEngine:
         event = {
             "broadcast_id": b.broadcast_id,
             "state": "broadcastcall_complete",
-            "timestamp": _iso(time.time()),
+            "timestamp": _iso(self._wall()),
             "broadcast_call_info": info,
         }
         faults = draw_delivery_faults(self.profile, self.seed, "complete", b.broadcast_id)
@@ -455,6 +505,7 @@ class CallEngine:
             "inputs": dict(inputs),
             "peak_calls_per_second": peak_in_window(self._dial_times),
             "peak_concurrency": self.peak_live,
+            "ivr_turn_seconds": percentiles(ivr_turns(self.ledger)),
             "api": dict(self.api),
             "webhooks": self.sender.stats_dict(),
         }

@@ -70,6 +70,7 @@ import contextlib
 import dataclasses
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -102,6 +103,9 @@ class SimulatorConfig:
     plaintext: bool = False  # send the events unencrypted
     host: str = "127.0.0.1"
     port: int = 0  # 0: a free port
+    # Epoch seconds stamped on events and the ledger; the demo passes a clock sped up like
+    # the calls, so that event times and the workers' clock agree.
+    wall_clock: Callable[[], float] = time.time
 
 
 class RunningSimulator:
@@ -179,7 +183,9 @@ async def run_simulator(
         encrypt=profile.webhooks.encrypt and not config.plaintext,
         connections=connections,
     )
-    engine = CallEngine(profile, sender, seed=config.seed, speed=config.speed)
+    engine = CallEngine(
+        profile, sender, seed=config.seed, speed=config.speed, wall=config.wall_clock
+    )
     app = SimulatorApi(engine, app_id=config.app_id, app_key=config.app_key, seed=config.seed).app()
     sock = _bind(config.host, config.port)
     uv_config = uvicorn.Config(

@@ -10,22 +10,18 @@ with the ingester stopped for a while mid-campaign, nothing is lost.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import uvicorn
-from arq.connections import RedisSettings, create_pool
 from sqlalchemy import select
 
 from campaigns.config import Settings
-from campaigns.db import make_async_engine, make_engine
+from campaigns.db import make_engine
+from campaigns.local_redis import free_port
 from campaigns.models import Answer, CallAttempt, Recipient, RecipientStatus
-from campaigns.webhooks import create_app
+from campaigns.webhooks import serve_ingester
 from tests.integration.factories import (
     campaign_toml,
     create_campaign,
@@ -81,42 +77,6 @@ PROFILE = FAST_PROFILE.replace(
     },
 )
 SPEED = 20.0
-
-
-@contextlib.asynccontextmanager
-async def serve_ingester(settings: Settings, port: int) -> AsyncIterator[None]:
-    """The ingester app under uvicorn on a fixed loopback port (so it can be restarted)."""
-    engine = make_async_engine(settings.database_url)
-    redis = await create_pool(RedisSettings.from_dsn(settings.redis_url or ""))
-    app = create_app(settings, engine=engine, redis=redis)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(1024)
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-    )
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.005)
-        yield
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
-        await app.state.ingester.writer.close()
-        await redis.aclose()
-        await engine.dispose()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -212,7 +172,7 @@ async def run_campaign(
             attempt_timeout_seconds=60,
         )
         async with running_workers(settings, redis_url):
-            ingester = serve_ingester(settings, port)
+            ingester = serve_ingester(settings, port=port)
             await ingester.__aenter__()
             try:
                 if restart_ingester:
@@ -220,7 +180,7 @@ async def run_campaign(
                         await asyncio.sleep(0.05)
                     await ingester.__aexit__(None, None, None)
                     await asyncio.sleep(3.0)  # the platform keeps redelivering meanwhile
-                    ingester = serve_ingester(settings, port)
+                    ingester = serve_ingester(settings, port=port)
                     await ingester.__aenter__()
                 async with asyncio.timeout(50):
                     while not _finished(database_url, campaign_id):  # noqa: ASYNC110 - polls SQL
