@@ -257,13 +257,16 @@ async def start_campaigns(url: str, campaign_ids: Sequence[int]) -> None:
 async def pause_campaigns(url: str, campaign_ids: Sequence[int]) -> None:
     """Pause campaigns after their phase so later phases' workers leave them alone."""
     from campaigns.db import async_session_factory, make_async_engine
+    from campaigns.errors import StateError
     from campaigns.store import campaigns as campaign_store
 
     engine = make_async_engine(url)
     try:
-        async with async_session_factory(engine)() as session, session.begin():
-            for campaign_id in campaign_ids:
-                await campaign_store.transition(session, campaign_id, "pause", datetime.now(UTC))
+        for campaign_id in campaign_ids:
+            with contextlib.suppress(StateError):  # already completed
+                async with async_session_factory(engine)() as session, session.begin():
+                    now = datetime.now(UTC)
+                    await campaign_store.transition(session, campaign_id, "pause", now)
     finally:
         await engine.dispose()
 
