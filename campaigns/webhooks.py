@@ -2,8 +2,10 @@
 
 `POST /webhooks/enablex/{token}`: check the path token (constant time), read the body up to
 the size limit, decrypt, parse, store the raw event in `webhook_event` (deduplicated on its
-key) and only then answer 200; the stored events are then handed to the workers as one arq
-job per commit group. Nothing else happens here: applying is the worker's job.
+key) and only then answer 200; the stored events are then handed to the workers, one entry
+per commit group on a Redis list that a worker pops at once (an arq job per group would
+wait for the worker's poll and job start-up on every IVR turn). Nothing else happens
+here: applying is the worker's job.
 
 Status codes: 404 wrong token (no detail), 413 body too large, 415 plaintext refused by
 the settings, 400 undecryptable / not JSON / not an event, 503 database unreachable (EnableX
@@ -24,10 +26,10 @@ import hmac
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from arq.connections import ArqRedis, RedisSettings, create_pool
@@ -59,12 +61,18 @@ def apply_job_id(first_event_id: int) -> str:
     return f"apply-events:{first_event_id}"
 
 
+def feed_key(queue_name: str) -> str:
+    """The Redis list the ingester pushes stored event groups to, next to the arq queue."""
+    return f"{queue_name}:apply-feed"
+
+
 async def enqueue_apply(redis: ArqRedis, queue_name: str, event_ids: list[int]) -> None:
-    """One apply job for a group of stored events (ids known, deterministic job id)."""
+    """Hand a group of stored events to the workers: one entry (the ids, as JSON) on the
+    apply feed, which a worker pops at once (`workers.event_jobs.ApplyFeed`). It is only a
+    wake-up: the events are in SQL already, and the sweeper applies any a lost Redis or a
+    dead worker left behind."""
     if event_ids:
-        await redis.enqueue_job(
-            APPLY_JOB, event_ids, _job_id=apply_job_id(event_ids[0]), _queue_name=queue_name
-        )
+        await cast(Awaitable[int], redis.rpush(feed_key(queue_name), json.dumps(event_ids)))
 
 
 class StoreUnavailable(Exception):

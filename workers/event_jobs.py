@@ -5,27 +5,37 @@ IVR commands after the commit (a play command never waits on unrelated work: the
 commands go out in parallel, per call in order). Every job is safe to run twice: events
 are applied once (`applied_at`, under a lock), settling is idempotent.
 
-The ingester enqueues one `apply_events` job per commit group (job id from the group's
-first event id). The cron `sweep_events` re-applies what was stored but never applied (a
-crash between the commit and the enqueue, a lost Redis) and settles attempts whose
-settle waited for a reordered event that never came.
+The ingester pushes each commit group's event ids onto the apply feed (a Redis list);
+`ApplyFeed`, started with every worker, pops them with BLPOP and applies them at once, up
+to `worker_max_jobs` groups at a time: one Redis round trip between the ingester's commit
+and the apply, which is what an IVR turn waits for. Groups that must wait (events of a
+broadcast not recorded yet) or hit a database error go on as `apply_events` arq jobs
+with backoff. The cron `sweep_events` re-applies what was stored but never applied (a
+crash between the commit and the push, a lost Redis, a worker killed mid-apply) and
+settles attempts whose settle waited for a reordered event that never came.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
+from collections.abc import Awaitable
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from arq import Retry, cron, func
-from sqlalchemy.exc import OperationalError
+from arq.connections import ArqRedis
+from redis.exceptions import RedisError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from campaigns import applying
 from campaigns.config import Settings
 from campaigns.enablex.client import PlaySpec
 from campaigns.errors import TransientEnablexError
 from campaigns.store import events as store
-from campaigns.webhooks import APPLY_JOB
+from campaigns.webhooks import APPLY_JOB, apply_job_id, feed_key
 from workers.context import Deps, deps_of
 
 log = logging.getLogger(__name__)
@@ -136,6 +146,84 @@ async def sweep_events(ctx: dict[str, Any]) -> str:
     async with deps.sessions() as session, session.begin():
         settled = await applying.settle_overdue(session, now=now, grace=config.settle_grace)
     return f"re-applied {applied}, quarantined {quarantined}, settled {settled} overdue"
+
+
+# How long one BLPOP waits before looking again (and noticing a shutdown).
+FEED_BLOCK_SECONDS = 1
+
+
+class ApplyFeed:
+    """Applies the event groups the ingester pushes, as soon as they arrive."""
+
+    def __init__(self, deps: Deps, redis: ArqRedis, *, concurrency: int) -> None:
+        self.deps = deps
+        self.redis = redis
+        self.key = feed_key(deps.settings.queue_name)
+        self._slots = asyncio.Semaphore(max(1, concurrency))
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.Task[None] | None = None
+        self.applied = 0
+
+    def start(self) -> None:
+        self._loop = asyncio.create_task(self._run(), name="apply-feed")
+
+    async def close(self) -> None:
+        """Stop popping; let the groups already popped finish."""
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            await self._slots.acquire()
+            try:
+                item = await cast(
+                    Awaitable[list[bytes] | None],
+                    self.redis.blpop([self.key], timeout=FEED_BLOCK_SECONDS),
+                )
+            except (RedisError, OSError) as exc:
+                self._slots.release()
+                log.warning("apply feed: %r; the sweeper applies what is stored", exc)
+                await asyncio.sleep(1.0)
+                continue
+            if item is None:
+                self._slots.release()
+                continue
+            ids = [int(i) for i in json.loads(item[1])]
+            task = asyncio.create_task(self._apply(ids))
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "apply feed: a group failed; the sweeper re-applies it", exc_info=task.exception()
+            )
+
+    async def _apply(self, ids: list[int]) -> None:
+        try:
+            result = await _apply(self.deps, ids)
+        except SQLAlchemyError as exc:  # a deadlock or a lost connection: the job retries
+            log.warning("applying events failed (%s): handed to a job", exc.__class__.__name__)
+            await self._enqueue(ids, 0.1)
+            return
+        self.applied += result.applied
+        if result.waiting:
+            await self._enqueue(result.waiting, 0.25)
+
+    async def _enqueue(self, ids: list[int], defer: float) -> None:
+        await self.redis.enqueue_job(
+            APPLY_JOB,
+            ids,
+            _job_id=apply_job_id(min(ids)),
+            _defer_by=timedelta(seconds=defer),
+            _queue_name=self.deps.settings.queue_name,
+        )
 
 
 EVENT_FUNCTIONS = [

@@ -19,7 +19,7 @@ from campaigns.config import Settings
 from campaigns.models import utcnow
 from workers import jobs
 from workers.context import build_deps, close_deps
-from workers.event_jobs import EVENT_CRON_JOBS, EVENT_FUNCTIONS
+from workers.event_jobs import EVENT_CRON_JOBS, EVENT_FUNCTIONS, ApplyFeed
 
 EVERY_SECOND = set(range(60))
 EVERY_5_SECONDS = set(range(0, 60, 5))
@@ -31,9 +31,16 @@ def worker_options(
     """Keyword arguments for `arq.worker.Worker`, for this deployment's settings."""
 
     async def startup(ctx: dict[str, Any]) -> None:
-        ctx["deps"] = await build_deps(settings, ctx["redis"], clock=clock)
+        deps = ctx["deps"] = await build_deps(settings, ctx["redis"], clock=clock)
+        feed = ctx["apply_feed"] = ApplyFeed(
+            deps, ctx["redis"], concurrency=settings.worker_max_jobs
+        )
+        feed.start()
 
     async def shutdown(ctx: dict[str, Any]) -> None:
+        feed = ctx.get("apply_feed")
+        if isinstance(feed, ApplyFeed):
+            await feed.close()
         deps = ctx.get("deps")
         if deps is not None:
             await close_deps(deps)

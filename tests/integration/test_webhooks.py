@@ -21,7 +21,7 @@ from campaigns.db import async_session_factory, make_async_engine, make_engine
 from campaigns.enablex.crypto import encrypt_payload
 from campaigns.local_redis import free_port
 from campaigns.models import WebhookEvent, utcnow
-from campaigns.webhooks import create_app
+from campaigns.webhooks import create_app, feed_key
 
 APP_ID = "5f1e99bf90ce3c3ccsc52e6462"
 TOKEN = "tok-" + "x" * 28
@@ -111,13 +111,13 @@ async def test_an_event_is_stored_then_acknowledged_and_handed_to_the_workers(
     assert row.voice_id == data["voice_id"]
     assert row.applied_at is None
     assert not row.quarantined
-    # The job is enqueued right after the commit (the 200 does not wait for Redis).
+    # Handed to the workers right after the commit, on the apply feed they pop from.
     for _ in range(200):
-        queued = await ingest.redis.zrange(ingest.settings.queue_name, 0, -1)
+        queued = await ingest.redis.lrange(feed_key(ingest.settings.queue_name), 0, -1)
         if queued:
             break
         await asyncio.sleep(0.01)
-    assert queued == [f"apply-events:{row.id}".encode()]
+    assert queued == [f"[{row.id}]".encode()]
 
 
 async def test_a_redelivered_copy_is_acknowledged_and_stored_once(ingest: Ingest) -> None:
