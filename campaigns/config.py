@@ -46,7 +46,8 @@ class Settings:
     worker_max_jobs: int = 50
     # The arq queue; separate deployments (or tests) sharing one Redis use different names.
     queue_name: str = "campaigns:queue"
-    log_level: str = "INFO"
+    # Python logging level of every command (`campaign -v` forces DEBUG).
+    log_level: str = "WARNING"
 
     def __repr__(self) -> str:
         parts = []
@@ -140,6 +141,14 @@ class Settings:
                 problems.append(f"DEFAULT_COUNTRY={country!r} must be a two-letter region code")
             else:
                 values["default_country"] = country.upper()
+        level = values.get("log_level")
+        if isinstance(level, str):
+            if level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+                problems.append(
+                    f"LOG_LEVEL={level!r} must be DEBUG, INFO, WARNING, ERROR or CRITICAL"
+                )
+            else:
+                values["log_level"] = level.upper()
         token = values.get("webhook_token")
         if isinstance(token, str) and len(token) < 16:
             problems.append(

@@ -30,6 +30,7 @@ from campaigns.poll import initial_play
 from campaigns.scheduling import (
     Outcome,
     campaign_active,
+    dispatch_allowance,
     in_window,
     next_allowed_start,
     zones_of,
@@ -90,9 +91,15 @@ async def dispatch_campaign(
         definition = campaign_definition(campaign_id, campaign.definition)
         in_flight = await store.in_flight_count(session, campaign_id)
     pacing = definition.pacing
-    room = max(0, pacing.max_concurrent - in_flight)
-    while room > 0:
-        count = min(pacing.batch_size, room)
+    while True:
+        count = dispatch_allowance(
+            max_concurrent=pacing.max_concurrent,
+            in_flight=in_flight,
+            batch_size=pacing.batch_size,
+            calls_per_second=pacing.calls_per_second,
+        )
+        if count <= 0:
+            break
         start = await pacer.slot(campaign_id, rate=pacing.calls_per_second, count=count)
         if start is None:
             break
@@ -114,7 +121,7 @@ async def dispatch_campaign(
         await _enqueue_submits(redis, batch_ids, not_before=start)
         result.claimed += len(claimed)
         result.batches += batch_ids
-        room -= len(claimed)
+        in_flight += len(claimed)
         if len(claimed) < count:
             break
     return result

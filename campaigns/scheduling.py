@@ -370,12 +370,14 @@ PACING_MARGIN = 1.03
 
 
 def dispatch_allowance(
-    *, max_concurrent: int, in_flight: int, tokens: float, batch_size: int
+    *, max_concurrent: int, in_flight: int, batch_size: int, calls_per_second: float
 ) -> int:
-    """How many recipients to claim this tick for one batch: bounded by the free concurrent
-    slots, the whole tokens in the rate budget and the batch size; never negative. A
-    dispatcher that wants several batches in one tick calls it again after each claim."""
-    return max(0, min(max_concurrent - in_flight, math.floor(tokens), batch_size))
+    """How many recipients to claim for the next batch: bounded by the free concurrent
+    slots, the batch size, and the rate (a batch never holds more calls than one second
+    allows, so no one-second window can; at least one call, for rates below 1/s); never
+    negative. A dispatcher that wants several batches in one tick asks again after each."""
+    per_second = max(1, math.floor(calls_per_second))
+    return max(0, min(max_concurrent - in_flight, batch_size, per_second))
 
 
 def pacing_slot(

@@ -26,8 +26,13 @@ class CampaignGroup(click.Group):
 
 
 def load_settings() -> Settings:
-    """Settings from the process environment (the CLI's only entry point for config)."""
-    return Settings.from_env(os.environ)
+    """Settings from the process environment (the CLI's only entry point for config).
+    LOG_LEVEL applies from here on, unless `-v` asked for DEBUG."""
+    settings = Settings.from_env(os.environ)
+    root = logging.getLogger()
+    if root.level != logging.DEBUG:
+        root.setLevel(settings.log_level.upper())
+    return settings
 
 
 @click.group(cls=CampaignGroup)

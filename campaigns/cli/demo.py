@@ -32,7 +32,7 @@ from campaigns.cli.progress import watch_campaign_async
 from campaigns.config import Settings
 from campaigns.db import async_session_factory, make_async_engine, make_engine
 from campaigns.definition import definition_to_json, load_definition
-from campaigns.enablex.simulator import SimulatorConfig, run_simulator
+from campaigns.enablex.simulator import SimulatorConfig, load_profile, run_simulator
 from campaigns.errors import CampaignError
 from campaigns.export import plan_export, write_export
 from campaigns.importing import ImportOptions, ImportSummary, import_file
@@ -43,6 +43,10 @@ from campaigns.store import contacts as contact_store
 from campaigns.webhooks import serve_ingester
 
 DEMO_DATABASE = "sqlite:///./campaigns-demo.db"
+# The simulated people wait this long (simulated seconds) in silence for the next question
+# before they hang up: at x10, one real second for each IVR turn of this single-process,
+# single-core-bound demo (the default profile's 5 s suits real-time runs).
+DEMO_PATIENCE = 10.0
 # A number of demo.csv that asked not to be called: the demo shows it suppressed.
 DNC_NUMBER = "+13125550101"
 
@@ -166,6 +170,7 @@ async def _run(
         app_key=secrets.token_urlsafe(16),
         seed=seed,
         speed=speed,
+        profile=load_profile().replace(timing={"idle_hangup": DEMO_PATIENCE}),
         wall_clock=wall,
     )
     async with run_simulator(sim_config) as sim:
@@ -226,7 +231,7 @@ def _write_outputs(
 @click.command()
 @click.option(
     "--speed",
-    default=20.0,
+    default=10.0,
     show_default=True,
     type=click.FloatRange(min=1.0, max=100.0),
     help="How much faster than real time the calls and the campaign clock run.",

@@ -31,6 +31,11 @@ def worker(burst: bool) -> None:
     from workers.settings import make_worker
 
     settings = load_settings()
+    if not settings.webhook_token:
+        raise click.UsageError(
+            "WEBHOOK_TOKEN is unset: the event URL sent with every broadcast needs the "
+            "ingester's secret path token (the same value `campaign webhooks` runs with)"
+        )
     migrate.ensure_schema(settings.database_url)
     if not settings.redis_url:
         click.echo("REDIS_URL is unset: starting a private Redis for this worker only", err=True)

@@ -497,23 +497,27 @@ def test_decide_refuses_zero_attempts() -> None:
 
 
 @pytest.mark.parametrize(
-    ("max_concurrent", "in_flight", "tokens", "batch_size", "expected"),
+    ("max_concurrent", "in_flight", "batch_size", "rate", "expected"),
     [
-        (50, 0, 100.0, 100, 50),  # the concurrency cap
-        (50, 40, 100.0, 100, 10),
-        (50, 50, 100.0, 100, 0),
-        (50, 60, 100.0, 100, 0),  # over the cap (a lowered setting): never negative
-        (500, 0, 7.9, 100, 7),  # whole tokens only
-        (500, 0, 0.5, 100, 0),
-        (500, 0, 1000.0, 100, 100),  # one batch at a time
-        (500, 0, -3.0, 100, 0),
+        (50, 0, 100, 1000.0, 50),  # the concurrency cap
+        (50, 40, 100, 1000.0, 10),
+        (50, 50, 100, 1000.0, 0),
+        (50, 60, 100, 1000.0, 0),  # over the cap (a lowered setting): never negative
+        (500, 0, 100, 1000.0, 100),  # one batch at a time
+        (500, 0, 100, 10.0, 10),  # never more than one second's calls in one request
+        (500, 0, 100, 7.9, 7),  # whole calls only
+        (500, 0, 100, 0.5, 1),  # below one call a second: one at a time, paced apart
+        (500, 0, 5, 50.0, 5),
     ],
 )
 def test_dispatch_allowance(
-    max_concurrent: int, in_flight: int, tokens: float, batch_size: int, expected: int
+    max_concurrent: int, in_flight: int, batch_size: int, rate: float, expected: int
 ) -> None:
     allowed = dispatch_allowance(
-        max_concurrent=max_concurrent, in_flight=in_flight, tokens=tokens, batch_size=batch_size
+        max_concurrent=max_concurrent,
+        in_flight=in_flight,
+        batch_size=batch_size,
+        calls_per_second=rate,
     )
     assert allowed == expected
 
