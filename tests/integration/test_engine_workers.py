@@ -115,9 +115,7 @@ async def test_two_workers_dial_every_recipient_exactly_once_within_the_rate(
     phones = us_numbers(2000)
     make_list(database_url, phones)
     rate = 400
-    await create_campaign(
-        database_url, campaign_toml(cps=rate, batch_size=50, max_concurrent=5000)
-    )
+    await create_campaign(database_url, campaign_toml(cps=rate, batch_size=50, max_concurrent=5000))
     async with null_ingester() as hooks, start_simulator(speed=500) as sim:
         settings = settings_for(database_url, redis_url, sim, hooks)
         async with running_workers(settings, redis_url, count=2):
