@@ -28,14 +28,19 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import IO, Any, cast
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 from sqlalchemy import Connection
 
 from campaigns.errors import InputFileError
-from campaigns.phones import PhoneResult, normalise
+from campaigns.phones import PhoneReject, PhoneResult, normalise, normalise_many
 
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 20_000
+EXCEL_CHUNK_ROWS = 50_000
+ARROW_BLOCK_BYTES = 2 << 20  # ~50 k rows of a typical list per columnar chunk
 SAMPLE_BYTES = 256 * 1024
 TEXT_SUFFIXES = (".csv", ".txt", ".tsv")
 EXCEL_SUFFIXES = (".xlsx", ".xls", ".xlsm")
@@ -98,6 +103,19 @@ class Reject:
 ContactRow = tuple[str, str | None, str, str | None, str | None, int]
 
 
+# The same rows as columns, in this order: what `campaigns.store.contacts.Staging` takes.
+CONTACT_SCHEMA = pa.schema(
+    [
+        ("phone", pa.string()),
+        ("name", pa.string()),
+        ("attributes", pa.string()),
+        ("region", pa.string()),
+        ("time_zones", pa.string()),
+        ("source_row", pa.int64()),
+    ]
+)
+
+
 @dataclass
 class ValidatedChunk:
     contacts: list[ContactRow] = field(default_factory=list)
@@ -108,8 +126,49 @@ class ValidatedChunk:
 
 
 @dataclass
+class ValidatedColumns:
+    contacts: pa.Table  # CONTACT_SCHEMA
+    rejects: list[Reject] = field(default_factory=list)
+    rows: int = 0
+    duplicates: int = 0
+    notes: int = 0
+
+
+def contacts_table(contacts: Sequence[ContactRow]) -> pa.Table:
+    """Row tuples as a CONTACT_SCHEMA table."""
+    columns = list(zip(*contacts, strict=True)) or [()] * len(CONTACT_SCHEMA)
+    return pa.Table.from_arrays(
+        [pa.array(values, kind.type) for values, kind in zip(columns, CONTACT_SCHEMA, strict=True)],
+        schema=CONTACT_SCHEMA,
+    )
+
+
+@dataclass(frozen=True)
+class ColumnChunk:
+    """Consecutive rows as columns: one pyarrow string array per header column. The first row
+    is numbered `first_row`, the others follow without gaps; `position` is how far reading
+    has got (in the table's progress units)."""
+
+    first_row: int
+    columns: list[pa.Array]
+    position: int
+
+
+class Unreadable(Exception):
+    """The columnar reader cannot read the file exactly as the row reader does (a ragged row,
+    an unterminated quote, bytes it cannot decode, ...). The import then starts again on the
+    row reader, which has the last word, errors included."""
+
+
+@dataclass
 class Table:
-    """An opened list: its header, its rows in chunks, and how far reading has got."""
+    """An opened list: its header, its rows in chunks, and how far reading has got.
+
+    `chunks` reads row by row (the csv module, or calamine's rows). `columnar`, when set,
+    reads the same rows again from the start as `ColumnChunk`s (pyarrow's CSV reader, or
+    calamine's rows turned into columns), much faster; it raises `Unreadable` when it cannot
+    promise the row reader's result, and the caller then uses `chunks` instead.
+    """
 
     path: str
     kind: str  # "csv" | "excel"
@@ -121,6 +180,8 @@ class Table:
     delimiter: str | None = None
     sheet: str | None = None
     header_row: int = 1
+    columnar: Callable[[bool], Iterator[ColumnChunk]] | None = None  # arg: header is data
+    header_is_data: bool = False
 
 
 @dataclass
@@ -323,7 +384,78 @@ def _open_text(file: Path, gz: bool, head: bytes, encoding: str | None, suffix: 
         position=lambda: counter.tell() if not counter.closed else total,
         encoding=encoding,
         delimiter=delimiter,
+        columnar=_arrow_reader(file, gz, encoding, delimiter, list(columns)),
     )
+
+
+def _arrow_reader(
+    file: Path, gz: bool, encoding: str, delimiter: str, header: list[str]
+) -> Callable[[bool], Iterator[ColumnChunk]]:
+    """pyarrow's CSV reader set up to split records exactly as `csv.reader` does: quotes
+    doubled inside quoted fields, newlines allowed in them, an empty line kept as a (blank)
+    record so that row numbers stay right, every cell read as text. What it would read
+    differently (a row with more or fewer cells than the header, an unterminated quote)
+    makes it give up (`Unreadable`) instead of guessing."""
+    width = len(header)
+    arrow_encoding = "utf8" if encoding in ("utf-8", "utf-8-sig") else encoding
+
+    def give_up(_row: object) -> str:
+        return "error"
+
+    def read(header_is_data: bool) -> Iterator[ColumnChunk]:
+        raw = _binary_open(file, gz)
+        counter = cast(IO[bytes], raw.fileobj if gz else raw)  # type: ignore[attr-defined]
+        try:
+            reader = pa_csv.open_csv(
+                raw,
+                read_options=pa_csv.ReadOptions(
+                    autogenerate_column_names=True,
+                    encoding=arrow_encoding,
+                    block_size=ARROW_BLOCK_BYTES,
+                ),
+                parse_options=pa_csv.ParseOptions(
+                    delimiter=delimiter,
+                    quote_char='"',
+                    double_quote=True,
+                    escape_char=False,
+                    newlines_in_values=True,
+                    ignore_empty_lines=False,
+                    invalid_row_handler=give_up,
+                ),
+                convert_options=pa_csv.ConvertOptions(
+                    column_types={f"f{i}": pa.string() for i in range(width)},
+                    strings_can_be_null=False,
+                    quoted_strings_can_be_null=False,
+                ),
+            )
+            if reader.schema.names != [f"f{i}" for i in range(width)]:
+                raise Unreadable("the header has another number of cells")
+            row_number = 1
+            first = True
+            for batch in reader:
+                columns = list(batch.columns)
+                if first:
+                    first = False
+                    cells = [str(column[0].as_py()).strip().lstrip("\ufeff") for column in columns]
+                    if cells != header:
+                        raise Unreadable("the header reads differently")
+                    if header_is_data:  # as the row reader has it: cells stripped
+                        columns = [
+                            pa.concat_arrays([pa.array([cell], pa.string()), column.slice(1)])
+                            for cell, column in zip(header, columns, strict=True)
+                        ]
+                    else:
+                        columns = [column.slice(1) for column in columns]
+                        row_number = 2
+                if len(columns[0]):
+                    yield ColumnChunk(row_number, columns, counter.tell())
+                    row_number += len(columns[0])
+        except (pa.ArrowException, UnicodeError, OSError, EOFError, zlib.error) as exc:
+            raise Unreadable(str(exc)) from exc
+        finally:
+            raw.close()
+
+    return read
 
 
 def _read_error(exc: Exception, encoding: str) -> str:
@@ -378,6 +510,7 @@ def _open_excel(file: Path, gz: bool, sheet: str | None) -> Table:
     if header is None or not any(cell_text(c) for c in header):
         raise InputFileError(path, f"sheet {sheet!r} is empty")
     columns = [cell_text(c) for c in header]
+    width = len(header)
     total = max(1, data.height - 1)
     done = [0]
 
@@ -395,6 +528,24 @@ def _open_excel(file: Path, gz: bool, sheet: str | None) -> Table:
             done[0] += len(chunk)
             yield chunk
 
+    def columnar(header_is_data: bool) -> Iterator[ColumnChunk]:
+        fresh = data.iter_rows()
+        row_number = first_row
+        if not header_is_data:
+            next(fresh, None)
+            row_number += 1
+        position = 0
+        for block in iter(lambda: list(itertools.islice(fresh, EXCEL_CHUNK_ROWS)), []):
+            if any(len(row) != width for row in block):
+                raise Unreadable("rows of different widths")
+            position += len(block)
+            yield ColumnChunk(
+                row_number,
+                [pa.array(_texts(cells), pa.string()) for cells in zip(*block, strict=True)],
+                position,
+            )
+            row_number += len(block)
+
     return Table(
         path=path,
         kind="excel",
@@ -404,7 +555,22 @@ def _open_excel(file: Path, gz: bool, sheet: str | None) -> Table:
         position=lambda: done[0],
         sheet=sheet,
         header_row=first_row,
+        columnar=columnar,
     )
+
+
+def _texts(cells: Sequence[object]) -> list[str]:
+    """`cell_text` over a column: text and whole numbers (the usual cells) inline."""
+    out: list[str] = []
+    append = out.append
+    for value in cells:
+        if type(value) is str:
+            append(value.strip())
+        elif type(value) is float and value.is_integer() and abs(value) < 1e15:
+            append(str(int(value)))
+        else:
+            append(cell_text(value))
+    return out
 
 
 # -- columns -------------------------------------------------------------------------------
@@ -474,6 +640,16 @@ class Validator:
         self.attribute_columns = [
             (i, column or f"column_{i + 1}") for i, column in enumerate(columns) if i != phone_index
         ]
+        # The attributes JSON object as the row path builds it: one key per distinct column
+        # name, in first-seen order, holding the last column of that name.
+        plan: dict[str, int] = {}
+        for i, column in self.attribute_columns:
+            plan[column] = i
+        self.attribute_plan = list(plan.items())
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the numbers seen so far (a new pass over the file)."""
         self.seen: set[str] = set()
         self.rejected: dict[str, str] = {}  # raw -> reason: junk values repeat ("n/a", "")
 
@@ -525,6 +701,117 @@ class Validator:
             )
         return out
 
+    def validate_columns(self, chunk: ColumnChunk) -> ValidatedColumns:
+        """`validate` for rows held as columns, with the same result: each distinct phone
+        text is normalised once, and names and attributes are built column-wise."""
+        columns = chunk.columns
+        count = len(columns[0])
+        encoded = pc.dictionary_encode(columns[self.phone_index])
+        distinct: list[str] = encoded.dictionary.to_pylist()
+        results = self._normalise(distinct)
+        e164 = pa.array(
+            [r.e164 if isinstance(r, PhoneResult) else None for r in results], pa.string()
+        )
+        codes = encoded.indices
+        out = ValidatedColumns(contacts=contacts_table([]), rows=count)
+        seen, keep = self.seen, cast(list[int], [])
+        duplicates = 0
+        add, append = seen.add, keep.append
+        for index, phone in enumerate(pc.take(e164, codes).to_pylist()):
+            if phone is None:
+                continue
+            if phone in seen:
+                duplicates += 1
+                continue
+            add(phone)
+            append(index)
+        out.duplicates = duplicates
+        bad = pc.indices_nonzero(pc.is_null(pc.take(e164, codes))).to_pylist()
+        if bad:
+            code_list = codes.to_pylist()
+            for index in bad:
+                result = results[code_list[index]]
+                assert not isinstance(result, PhoneResult)
+                if result.reason == "empty" and not any(
+                    str(column[index].as_py()).strip() for column in columns
+                ):
+                    out.rows -= 1  # blank line: not a row of the list
+                    continue
+                out.rejects.append(
+                    Reject(chunk.first_row + index, distinct[code_list[index]], result.reason)
+                )
+        kept = pa.array(keep, pa.int64())
+        kept_codes = pc.take(codes, kept)
+        notes = [r.note if isinstance(r, PhoneResult) else None for r in results]
+        if any(notes):
+            for index, note in zip(
+                keep, pc.take(pa.array(notes, pa.string()), kept_codes).to_pylist(), strict=True
+            ):
+                if note:
+                    out.notes += 1
+                    log.info("row %d: %s", chunk.first_row + index, note)
+        region = pa.array(
+            [r.region if isinstance(r, PhoneResult) else None for r in results], pa.string()
+        )
+        zones = pa.array(
+            [r.time_zones if isinstance(r, PhoneResult) else None for r in results], pa.string()
+        )
+        if self.name_index is None:
+            name = pa.nulls(len(keep), pa.string())
+        else:
+            trimmed = pc.utf8_trim(pc.take(columns[self.name_index], kept), _WHITESPACE)
+            name = pc.if_else(pc.equal(pc.utf8_length(trimmed), 0), None, trimmed)
+        out.contacts = pa.Table.from_arrays(
+            [
+                pc.take(e164, kept_codes),
+                name,
+                _json_objects(
+                    [(key, pc.take(columns[i], kept)) for key, i in self.attribute_plan],
+                    len(keep),
+                ),
+                pc.take(region, kept_codes),
+                pc.take(zones, kept_codes),
+                pc.add(kept, chunk.first_row),
+            ],
+            schema=CONTACT_SCHEMA,
+        )
+        return out
+
+    def _normalise(self, values: list[str]) -> list[PhoneResult | PhoneReject]:
+        rejected = self.rejected
+        results = normalise_many(values, self.region, known=rejected)
+        for raw, result in zip(values, results, strict=True):
+            if not isinstance(result, PhoneResult) and len(rejected) < 10_000:
+                rejected[raw] = result.reason
+        return results
+
+
+# Python's whitespace (str.strip), for pyarrow's trim.
+_WHITESPACE = "".join(chr(c) for c in range(0x3001) if chr(c).isspace())
+
+
+def _json_objects(items: list[tuple[str, pa.Array]], count: int) -> pa.Array:
+    """`json.dumps({key: value, ...}, ensure_ascii=False)` for every row of the columns."""
+    if not items:
+        return pa.repeat("{}", count)
+    parts: list[pa.Array | pa.Scalar] = []
+    for position, (key, values) in enumerate(items):
+        lead = "{" if position == 0 else '", '
+        parts.append(pa.scalar(lead + json.dumps(key, ensure_ascii=False) + ': "'))
+        parts.append(_json_string_body(values))
+    parts.append(pa.scalar('"}'))
+    return pc.binary_join_element_wise(*parts, "")
+
+
+def _json_string_body(values: pa.Array) -> pa.Array:
+    """What json.dumps puts between the quotes of each string (ensure_ascii=False)."""
+    out = pc.replace_substring(values, "\\", "\\\\")
+    out = pc.replace_substring(out, '"', '\\"')
+    if pc.any(pc.match_substring_regex(values, "[\\x00-\\x1f]")).as_py():
+        for code in range(32):
+            out = pc.replace_substring(out, chr(code), json.dumps(chr(code))[1:-1])
+    return out
+
 
 # -- one import ----------------------------------------------------------------------------
 
@@ -565,6 +852,7 @@ def _headerless_phone_index(table: Table, region: str) -> int | None:
             first = [(table.header_row, list(table.columns))]
             table.chunks = itertools.chain([first], table.chunks)
             table.columns = [f"column_{i + 1}" for i in range(len(table.columns))]
+            table.header_is_data = True
             return index
     return None
 
@@ -581,26 +869,24 @@ def import_file(
     *,
     progress: Progress | None = None,
     dry_run: bool = False,
+    columnar: bool = True,
 ) -> ImportSummary:
     """Import one file into the list `list_name` on `conn` (the caller commits or rolls
-    back). Raises InputFileError before or during reading; then nothing must be kept."""
+    back). Raises InputFileError before or during reading; then nothing must be kept.
+
+    `columnar=False` reads row by row only (the reference the columnar path must equal)."""
     from campaigns.store import contacts as store
 
     started = time.perf_counter()
     table, validator = prepare(path, options)
     list_id = store.ensure_list(conn, list_name)
     summary = ImportSummary(list_id=list_id, list_name=list_name, dry_run=dry_run)
-    staging = store.Staging(conn)
-    for chunk in table.chunks:
-        checked = validator.validate(chunk)
-        summary.rows += checked.rows
-        summary.duplicates += checked.duplicates
-        summary.extensions_dropped += checked.notes
-        summary.rejects.extend(checked.rejects)
-        staging.add(checked.contacts)
-        if progress is not None:
-            progress(table.position(), table.total)
-    counts = staging.finish(list_id)
+    staging = store.Staging(conn, list_id)
+    try:
+        _stage(table, validator, staging, summary, progress, columnar=columnar)
+        counts = staging.finish()
+    finally:
+        staging.close()
     summary.imported = counts.inserted
     summary.suppressed_dnc = counts.suppressed
     summary.already_present = counts.already_present
@@ -620,6 +906,46 @@ def import_file(
     )
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _stage(
+    table: Table,
+    validator: Validator,
+    staging: Any,
+    summary: ImportSummary,
+    progress: Progress | None,
+    *,
+    columnar: bool,
+) -> None:
+    """Validate every row and stream the contacts into `staging` (columnar when possible)."""
+    if columnar and table.columnar is not None:
+        try:
+            for chunk in table.columnar(table.header_is_data):
+                checked = validator.validate_columns(chunk)
+                _count(summary, checked)
+                staging.add(checked.contacts)
+                if progress is not None:
+                    progress(chunk.position, table.total)
+            return
+        except Unreadable as exc:
+            log.info("%s: reading row by row (%s)", table.path, exc)
+            staging.reset()
+            validator.reset()
+            summary.rows = summary.duplicates = summary.extensions_dropped = 0
+            summary.rejects = []
+    for rows in table.chunks:
+        by_row = validator.validate(rows)
+        _count(summary, by_row)
+        staging.add(contacts_table(by_row.contacts))
+        if progress is not None:
+            progress(table.position(), table.total)
+
+
+def _count(summary: ImportSummary, checked: ValidatedChunk | ValidatedColumns) -> None:
+    summary.rows += checked.rows
+    summary.duplicates += checked.duplicates
+    summary.extensions_dropped += checked.notes
+    summary.rejects.extend(checked.rejects)
 
 
 def read_numbers(path: str, options: ImportOptions) -> tuple[list[str], list[Reject]]:

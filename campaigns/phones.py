@@ -98,6 +98,25 @@ def normalise(raw: str, default_region: str, *, fast: bool = True) -> Normalised
     return _full_path(text, default_region.upper())
 
 
+def normalise_many(
+    values: list[str], default_region: str, *, known: dict[str, str] | None = None
+) -> list[Normalised]:
+    """`normalise` for each value (`known`: raw values already rejected, with the reason)."""
+    region = default_region.upper()
+    known = known or {}
+    out: list[Normalised] = []
+    append = out.append
+    for raw in values:
+        reason = known.get(raw)
+        if reason is not None:
+            append(PhoneReject(reason))
+            continue
+        text = raw.strip()
+        hit = _fast_path(text, region)
+        append(hit if hit is not None else _full_path(text, region))
+    return out
+
+
 # -- the full path -------------------------------------------------------------------------
 
 

@@ -10,16 +10,23 @@ holds. Contacts accumulate: importing the same numbers again adds nothing.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 from sqlalchemy import Connection, delete, func, insert, select, text, update
 
 from campaigns.models import Contact, ContactList, DncNumber, ImportReject, utcnow
 
 STAGE = "import_stage"
 STAGE_COLUMNS = ("phone", "name", "attributes", "region", "time_zones", "source_row")
+DNC_IN_MEMORY = 1_000_000  # a larger DNC list is matched in SQL (staged import)
+COPY_QUEUE = 3  # tables waiting for the COPY writer thread
 
 
 def _is_postgres(conn: Connection) -> bool:
@@ -57,50 +64,118 @@ class StageCounts:
 
 
 class Staging:
-    """A temporary table the valid, de-duplicated rows of one import are streamed into."""
+    """Where the valid, de-duplicated rows of one import go, as they come (pyarrow tables
+    with the columns of STAGE_COLUMNS).
 
-    def __init__(self, conn: Connection) -> None:
+    On PostgreSQL, when the list is empty (its row is locked first, so no other import adds
+    to it meanwhile) and the DNC list fits in memory, the rows not on the DNC list are
+    COPY'd straight into `contact`: no conflict is possible, the importer has removed
+    duplicates. Otherwise they go to a temporary table, and `finish` moves them with one
+    INSERT ... SELECT that skips DNC numbers and numbers the list already holds.
+
+    COPY runs in a writer thread fed through a short queue (`COPY_QUEUE` tables), so the
+    server parses and indexes one block while the importer validates the next. The
+    connection must not be used otherwise until `finish`, `reset` or `close`.
+    """
+
+    def __init__(self, conn: Connection, list_id: int) -> None:
         self.conn = conn
-        self.staged = 0
+        self.list_id = list_id
         self.postgres = _is_postgres(conn)
+        self.staged = 0
+        self.suppressed = 0
+        self.dnc: pa.Array | None = None
+        self.stream: _CopyStream | None = None
+        self.direct = self.postgres and self._can_copy_directly()
+        if not self.direct:
+            self._create_stage()
+
+    def _can_copy_directly(self) -> bool:
+        conn, list_id = self.conn, self.list_id
+        conn.execute(select(ContactList.id).where(ContactList.id == list_id).with_for_update())
+        holds = conn.execute(select(Contact.id).where(Contact.list_id == list_id).limit(1))
+        if holds.first() is not None:
+            return False
+        size = conn.execute(select(func.count()).select_from(DncNumber)).scalar_one()
+        if size > DNC_IN_MEMORY:
+            return False
+        phones = conn.execute(select(DncNumber.phone)).scalars().all()
+        self.dnc = pa.array(phones, pa.string())
+        return True
+
+    def _create_stage(self) -> None:
         if self.postgres:
-            conn.execute(
+            self.conn.execute(
                 text(
                     f"CREATE TEMP TABLE {STAGE} (phone varchar(20) NOT NULL, name text, "
                     "attributes text NOT NULL, region varchar(2), time_zones text, "
                     "source_row integer) ON COMMIT DROP"
                 )
             )
-        else:
-            conn.execute(text(f"DROP TABLE IF EXISTS temp.{STAGE}"))
-            conn.execute(
-                text(
-                    f"CREATE TEMP TABLE {STAGE} (phone TEXT NOT NULL, name TEXT, "
-                    "attributes TEXT NOT NULL, region TEXT, time_zones TEXT, source_row INTEGER)"
-                )
-            )
-
-    def add(self, rows: Sequence[tuple[object, ...]]) -> None:
-        if not rows:
             return
-        self.staged += len(rows)
+        self.conn.execute(text(f"DROP TABLE IF EXISTS temp.{STAGE}"))
+        self.conn.execute(
+            text(
+                f"CREATE TEMP TABLE {STAGE} (phone TEXT NOT NULL, name TEXT, "
+                "attributes TEXT NOT NULL, region TEXT, time_zones TEXT, source_row INTEGER)"
+            )
+        )
+
+    def add(self, rows: pa.Table) -> None:
+        if not rows.num_rows:
+            return
+        self.staged += rows.num_rows
+        if self.direct:
+            assert self.dnc is not None
+            if len(self.dnc):
+                listed = pc.is_in(rows.column("phone"), value_set=self.dnc)
+                self.suppressed += pc.sum(listed).as_py() or 0
+                rows = rows.filter(pc.invert(listed))
+            rows = rows.add_column(0, "list_id", pa.repeat(self.list_id, rows.num_rows))
         if self.postgres:
-            driver = self.conn.connection.driver_connection
-            assert driver is not None
-            columns = ", ".join(STAGE_COLUMNS)
-            with (
-                driver.cursor() as cursor,
-                cursor.copy(f"COPY {STAGE} ({columns}) FROM STDIN") as copy,
-            ):
-                for row in rows:
-                    copy.write_row(row)
+            if self.stream is None:
+                target = (
+                    f"contact (list_id, {', '.join(STAGE_COLUMNS)})"
+                    if self.direct
+                    else (f"{STAGE} ({', '.join(STAGE_COLUMNS)})")
+                )
+                self.stream = _CopyStream(self.conn, f"COPY {target} FROM STDIN (FORMAT csv)")
+            self.stream.put(rows)
             return
         driver = self.conn.connection.driver_connection
         assert driver is not None
-        driver.executemany(f"INSERT INTO {STAGE} VALUES (?, ?, ?, ?, ?, ?)", rows)
+        columns = [column.to_pylist() for column in rows.columns]
+        driver.executemany(
+            f"INSERT INTO {STAGE} VALUES (?, ?, ?, ?, ?, ?)", list(zip(*columns, strict=True))
+        )
 
-    def finish(self, list_id: int) -> StageCounts:
+    def _end_copy(self) -> int:
+        """Close the COPY (if one is open); the number of rows it wrote."""
+        if self.stream is None:
+            return 0
+        stream, self.stream = self.stream, None
+        return stream.close()
+
+    def reset(self) -> None:
+        """Undo every `add` so far (the import starts its reading again)."""
+        self._end_copy()
+        if self.direct:
+            self.conn.execute(delete(Contact).where(Contact.list_id == self.list_id))
+        else:
+            self.conn.execute(text(f"DELETE FROM {STAGE}"))
+        self.staged = self.suppressed = 0
+
+    def close(self) -> None:
+        """After an error: stop a COPY still running (its transaction is then failed)."""
+        if self.stream is not None:
+            stream, self.stream = self.stream, None
+            stream.abort()
+
+    def finish(self) -> StageCounts:
         """Move staged rows into the list (skipping DNC numbers and numbers already there)."""
+        copied = self._end_copy()
+        if self.direct:
+            return StageCounts(self.staged, self.suppressed, copied)
         suppressed = self.conn.execute(
             text(f"SELECT count(*) FROM {STAGE} s JOIN dnc_number d ON d.phone = s.phone")
         ).scalar_one()
@@ -114,11 +189,75 @@ class Staging:
                 "ORDER BY s.source_row "
                 "ON CONFLICT (list_id, phone) DO NOTHING"
             ),
-            {"list_id": list_id},
+            {"list_id": self.list_id},
         )
         inserted = result.rowcount
         self.conn.execute(text(f"DROP TABLE {'' if self.postgres else 'temp.'}{STAGE}"))
         return StageCounts(self.staged, int(suppressed), int(inserted))
+
+
+class _Abort(Exception):
+    """Raised inside the writer thread's COPY block to make the server drop the COPY."""
+
+
+_END = object()
+_ABORT = object()
+
+
+class _CopyStream:
+    """One `COPY ... FROM STDIN (FORMAT csv)` on the connection's psycopg connection, run by
+    a writer thread: `put` queues a pyarrow table (blocking while `COPY_QUEUE` wait), the
+    thread renders it as CSV (pyarrow, without the GIL) and sends it."""
+
+    def __init__(self, conn: Connection, statement: str) -> None:
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        self.driver = driver
+        self.statement = statement
+        self.queue: queue.Queue[object] = queue.Queue(maxsize=COPY_QUEUE)
+        self.error: BaseException | None = None
+        self.rows = 0
+        self.thread = threading.Thread(target=self._run, name="copy-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        options = pa_csv.WriteOptions(include_header=False)
+        ended = False  # the _END or _ABORT item has been taken
+        try:
+            with self.driver.cursor() as cursor, cursor.copy(self.statement) as copy:
+                while True:
+                    item = self.queue.get()
+                    ended = item is _END or item is _ABORT
+                    if item is _END:
+                        break
+                    if item is _ABORT:
+                        raise _Abort
+                    assert isinstance(item, pa.Table)
+                    sink = pa.BufferOutputStream()
+                    pa_csv.write_csv(item, sink, options)
+                    copy.write(memoryview(sink.getvalue()))
+                    self.rows += item.num_rows
+        except BaseException as exc:  # noqa: BLE001 - handed to the importing thread
+            self.error = exc
+            while not ended:  # let `put` and `close` through
+                item = self.queue.get()
+                ended = item is _END or item is _ABORT
+
+    def put(self, rows: pa.Table) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(rows)
+
+    def close(self) -> int:
+        self.queue.put(_END)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.rows
+
+    def abort(self) -> None:
+        self.queue.put(_ABORT)
+        self.thread.join()
 
 
 def replace_rejects(
