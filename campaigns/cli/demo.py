@@ -83,6 +83,7 @@ class DemoResult:
     dials: int
     ivr_turn: dict[str, float | int]
     seconds: float
+    ended: datetime  # on the demo's clock
 
 
 def _fresh_sqlite(url: str) -> None:
@@ -100,18 +101,20 @@ def _load(settings: Settings, samples: Path, console: Console) -> ImportSummary:
     engine = make_engine(settings.database_url)
     try:
         with engine.begin() as conn:
-            contact_store.add_dnc(conn, [DNC_NUMBER], source="demo", reason="asked not to call")
             summary = import_file(
                 conn,
                 str(samples / "demo.csv"),
                 "demo",
                 ImportOptions(default_region="US"),
             )
+            # Asked not to be called after the list was imported: suppressed at start.
+            contact_store.add_dnc(conn, [DNC_NUMBER], source="demo", reason="asked not to call")
     finally:
         engine.dispose()
     console.print(
         f"imported [bold]{summary.imported}[/bold] contacts from sample_lists/demo.csv "
-        f"({summary.suppressed_dnc} on the do-not-call list, {summary.invalid} invalid)"
+        f"({summary.invalid} invalid); {DNC_NUMBER} then asked not to be called "
+        "(do-not-call list)"
     )
     return summary
 
@@ -206,18 +209,19 @@ async def _run(
                     await sim.wait_idle(limit=10)
         dials = len(sim.ledger())
         ivr_turn = sim.stats()["ivr_turn_seconds"]
-    return DemoResult(campaign_id, status, imported, dials, ivr_turn, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return DemoResult(campaign_id, status, imported, dials, ivr_turn, seconds, clock())
 
 
 def _write_outputs(
-    settings: Settings, campaign_id: int, out_dir: Path, console: Console
+    settings: Settings, campaign_id: int, now: datetime, out_dir: Path, console: Console
 ) -> tuple[Path, Path, int]:
     csv_path = out_dir / "demo-results.csv"
     html_path = out_dir / "demo-report.html"
     engine = make_engine(settings.database_url)
     try:
         with engine.connect() as conn, conn.begin():
-            report = load_report(conn, campaign_id, datetime.now(UTC))
+            report = load_report(conn, campaign_id, now)
             plan = plan_export(conn, campaign_id, "recipients")
             with csv_path.open("wb") as out:
                 rows = write_export(conn, plan, out, excel=False)
@@ -282,7 +286,9 @@ def demo(speed: float, seed: int, out_dir: Path) -> None:
             f"campaign {result.campaign_id} did not complete within 4 minutes "
             f"(status {result.status})"
         )
-    csv_path, html_path, rows = _write_outputs(settings, result.campaign_id, out_dir, console)
+    csv_path, html_path, rows = _write_outputs(
+        settings, result.campaign_id, result.ended, out_dir, console
+    )
     console.rule()
     db = make_url(settings.database_url).render_as_string()
     console.print(
