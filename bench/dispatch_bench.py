@@ -723,7 +723,7 @@ def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--numbers", type=int, default=20000, help="product throughput numbers")
     parser.add_argument("--campaigns", type=int, default=4)
-    parser.add_argument("--baseline-numbers", type=int, default=5000)
+    parser.add_argument("--baseline-numbers", type=int, default=2000)
     parser.add_argument("--workers", default="1,2", help="worker process counts to try")
     parser.add_argument("--rates", default="5,50,500")
     parser.add_argument("--no-doc", action="store_true")
