@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -36,11 +36,14 @@ from sqlalchemy import Connection
 from campaigns.errors import InputFileError
 from campaigns.phones import PhoneReject, PhoneResult, normalise, normalise_many
 
+if TYPE_CHECKING:
+    from campaigns.store.contacts import Staging
+
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 20_000
-EXCEL_CHUNK_ROWS = 50_000
-ARROW_BLOCK_BYTES = 2 << 20  # ~50 k rows of a typical list per columnar chunk
+EXCEL_CHUNK_ROWS = 20_000
+ARROW_BLOCK_BYTES = 1 << 20  # ~25 k rows of a typical list per columnar chunk
 SAMPLE_BYTES = 256 * 1024
 TEXT_SUFFIXES = (".csv", ".txt", ".tsv")
 EXCEL_SUFFIXES = (".xlsx", ".xls", ".xlsm")
@@ -714,7 +717,8 @@ class Validator:
         )
         codes = encoded.indices
         out = ValidatedColumns(contacts=contacts_table([]), rows=count)
-        seen, keep = self.seen, cast(list[int], [])
+        seen = self.seen
+        keep: list[int] = []
         duplicates = 0
         add, append = seen.add, keep.append
         for index, phone in enumerate(pc.take(e164, codes).to_pylist()):
@@ -911,7 +915,7 @@ def import_file(
 def _stage(
     table: Table,
     validator: Validator,
-    staging: Any,
+    staging: Staging,
     summary: ImportSummary,
     progress: Progress | None,
     *,

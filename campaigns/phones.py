@@ -24,9 +24,15 @@ national digits) and is exact by construction:
    sharing those k digits. The analysis runs the metadata regexes as automata; a pattern it
    cannot read disables the memo for that country code.
 
-Only a *valid* memo hit is taken; anything else goes through the full `phonenumbers` path,
-which also words the reject reason. `tests/unit/test_phones.py` checks the equivalence on a
-generated sample.
+3. Lookups share work further: numbers whose every pattern verdict and longest time-zone
+   key agree (a "class") are evaluated by phonenumbers once, whatever their prefix.
+4. An invalid memo hit is rejected with the reason the full path gives it, which depends
+   only on the country code and the length (parse produced this very number, and the '00'
+   retry cannot apply to these shapes).
+
+Anything else goes through the full `phonenumbers` path. `normalise_many` runs step 1's
+shape check and punctuation removal column-wise (pyarrow) over a whole batch first.
+`tests/unit/test_phones.py` checks the equivalence on generated samples and tricky inputs.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ import re
 from typing import NamedTuple
 
 import phonenumbers
+import pyarrow as pa
+import pyarrow.compute as pc
 from phonenumbers import NumberParseException, PhoneMetadata, PhoneNumber
 from phonenumbers import timezone as pn_timezone
 from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE, ValidationResult
@@ -101,19 +109,27 @@ def normalise(raw: str, default_region: str, *, fast: bool = True) -> Normalised
 def normalise_many(
     values: list[str], default_region: str, *, known: dict[str, str] | None = None
 ) -> list[Normalised]:
-    """`normalise` for each value (`known`: raw values already rejected, with the reason)."""
+    """`normalise` for each value, with the same answers, faster per value: the fast path's
+    shape check and punctuation removal run column-wise (pyarrow) over all of them first.
+    `known`: raw values already rejected, with their reason."""
     region = default_region.upper()
     known = known or {}
+    text = pc.utf8_trim(pa.array(values, pa.string()), _WHITESPACE)
+    digits = pc.if_else(
+        pc.match_substring_regex(text, _FAST_SHAPE_RE2),
+        pc.replace_substring_regex(text, "[ ().\\-]", ""),
+        None,
+    ).to_pylist()
+    national = _national_info(region)
     out: list[Normalised] = []
     append = out.append
-    for raw in values:
-        reason = known.get(raw)
-        if reason is not None:
-            append(PhoneReject(reason))
+    for raw, cleaned in zip(values, digits, strict=True):
+        hit = None if cleaned is None else _fast_digits(cleaned, national)
+        if hit is not None:
+            append(hit)
             continue
-        text = raw.strip()
-        hit = _fast_path(text, region)
-        append(hit if hit is not None else _full_path(text, region))
+        reason = known.get(raw)
+        append(PhoneReject(reason) if reason is not None else _full_path(raw.strip(), region))
     return out
 
 
@@ -189,7 +205,9 @@ def _evaluate(number: PhoneNumber) -> tuple[str | None, str | None] | None:
 # -- the fast path -------------------------------------------------------------------------
 
 _FAST_SHAPE = re.compile(r"\(?\+?[0-9][0-9 ().\-]*")
+_FAST_SHAPE_RE2 = r"^\(?\+?[0-9][0-9 ().\-]*$"  # the same, anchored, for pyarrow (RE2)
 _PUNCTUATION = str.maketrans("", "", " ().-")
+_WHITESPACE = "".join(chr(c) for c in range(0x3001) if chr(c).isspace())  # str.strip's
 _INVALID = ("", None)  # memo marker: the numbers under this key are invalid
 _Evaluation = tuple[str | None, str | None]
 
@@ -229,26 +247,49 @@ def _main_region_of(country_code: int) -> str | None:
     return str(regions[0])
 
 
-def _fast_path(text: str, region: str) -> PhoneResult | None:
+@functools.cache
+def _international(lead: str) -> tuple[int, _Region] | None:
+    """For '+' then `lead` (the first three digits or fewer): how many digits the country
+    code has (parse takes the shortest known code) and its main region's rules, or None
+    (no such code, or a non-geographic entity: the full path decides)."""
+    if not lead or lead[0] == "0":  # no code starts with 0 ("+01 ..." is not +1)
+        return None
+    for size in (1, 2, 3):
+        if int(lead[:size] or "0") in COUNTRY_CODE_TO_REGION_CODE:
+            break
+    else:
+        return None
+    main = _main_region_of(int(lead[:size]))
+    info = None if main is None else _region_info(main)
+    return None if info is None else (size, info)
+
+
+_National = tuple[_Region | None, str]
+
+
+@functools.cache
+def _national_info(region: str) -> _National:
+    return (_region_info(region), region)
+
+
+def _fast_path(text: str, region: str) -> Normalised | None:
     if not _FAST_SHAPE.fullmatch(text):
         return None
-    digits = text.translate(_PUNCTUATION)
-    if digits.startswith("+"):
-        body = digits[1:]
-        for size in (1, 2, 3):
-            if int(body[:size] or "0") in COUNTRY_CODE_TO_REGION_CODE:
-                break
-        else:
+    return _fast_digits(text.translate(_PUNCTUATION), _national_info(region))
+
+
+def _fast_digits(digits: str, national: _National) -> Normalised | None:
+    """The fast path for a number written with digits and '+' only (punctuation gone)."""
+    if digits[0] == "+":
+        found = _international(digits[1:4])
+        if found is None:
             return None
-        main = _main_region_of(int(body[:size]))
-        if main is None:
-            return None
-        info = _region_info(main)
-        nsn = body[size:]
+        size, info = found
+        nsn = digits[1 + size :]
     else:
-        info = _region_info(region)
-        if info is None:
+        if national[0] is None:
             return None
+        info = national[0]
         if info.international_prefix is not None and info.international_prefix.match(digits):
             return None
         nsn = digits
@@ -263,47 +304,78 @@ def _fast_path(text: str, region: str) -> PhoneResult | None:
             if not info.general.fullmatch(stripped):
                 return None
             nsn = stripped
-    if info is None or len(nsn) < 2 or nsn[0] == "0":
+    if not 2 <= len(nsn) <= 17 or nsn[0] == "0":  # parse's own limits: full path
         return None
     if info.national_prefix is not None and info.national_prefix.match(nsn):
         return None
-    return _lookup(info.country_code, info.cc_text, nsn)
+    return _lookup(info.country_code, info.cc_text, nsn, national[1])
 
 
-# Evaluations memoised on (country code, length, decisive prefix); the decisive prefix
-# lengths seen so far per (country code, length), tried shortest first.
-_MEMO: dict[tuple[int, int, str], _Evaluation] = {}
-_DEPTHS: dict[tuple[int, int], list[int]] = {}
+class _Memo:
+    """Evaluations for the national numbers of one (country code, length): by decisive
+    prefix (the prefix lengths seen so far, tried shortest first), and by class: numbers
+    whose every pattern gives the same verdict and whose longest time-zone key is the same
+    get the same evaluation, so phonenumbers runs once per class, not once per prefix."""
+
+    def __init__(self) -> None:
+        self.depths: list[int] = []
+        self.by_prefix: dict[str, _Evaluation] = {}
+
+
+_MEMOS: dict[tuple[int, int], _Memo] = {}
+_CLASSES: dict[tuple[object, ...], _Evaluation] = {}
 _MEMO_LIMIT = 1_000_000
 
 
-def _lookup(cc: int, cc_text: str, nsn: str) -> PhoneResult | None:
-    length = len(nsn)
-    depths = _DEPTHS.get((cc, length))
+def _lookup(cc: int, cc_text: str, nsn: str, default_region: str) -> Normalised | None:
+    memo = _MEMOS.get((cc, len(nsn)))
     hit: _Evaluation | None = None
-    if depths is not None:
-        for depth in depths:
-            hit = _MEMO.get((cc, length, nsn[:depth]))
+    if memo is not None:
+        by_prefix = memo.by_prefix
+        for depth in memo.depths:
+            hit = by_prefix.get(nsn[:depth])
             if hit is not None:
                 break
     if hit is None:
-        analysis = _analysis(cc, length)
-        if analysis is None:
+        hit = _learn(cc, nsn)
+        if hit is None:
             return None
-        depth = analysis.decisive_depth(nsn)
-        evaluated = _evaluate(PhoneNumber(country_code=cc, national_number=int(nsn)))
-        hit = _INVALID if evaluated is None else evaluated
-        if len(_MEMO) >= _MEMO_LIMIT:
-            _MEMO.clear()
-            _DEPTHS.clear()
-        _MEMO[(cc, length, nsn[:depth])] = hit
-        known = _DEPTHS.setdefault((cc, length), [])
-        if depth not in known:
-            known.append(depth)
-            known.sort()
     if hit is _INVALID:
-        return None
+        # What the full path says: parse gives this very number (no '00' to retry), and
+        # the reason depends only on the country code and the length.
+        return PhoneReject(_length_reason(cc, len(nsn), default_region))
     return PhoneResult("+" + cc_text + nsn, hit[0], hit[1], None)
+
+
+@functools.cache
+def _length_reason(cc: int, length: int, default_region: str) -> str:
+    return _invalid_reason(
+        PhoneNumber(country_code=cc, national_number=10 ** (length - 1)), default_region
+    )
+
+
+def _learn(cc: int, nsn: str) -> _Evaluation | None:
+    length = len(nsn)
+    analysis = _analysis(cc, length)
+    if analysis is None:
+        return None
+    depth, verdicts = analysis.decide(nsn)
+    digits = analysis.cc_text + nsn[:depth]
+    zone_key = next((digits[:i] for i in range(len(digits), 0, -1) if digits[:i] in _zones()), "")
+    key = (cc, length, verdicts, zone_key)
+    hit = _CLASSES.get(key)
+    if hit is None:
+        evaluated = _evaluate(PhoneNumber(country_code=cc, national_number=int(nsn)))
+        hit = _CLASSES[key] = _INVALID if evaluated is None else evaluated
+    if len(_CLASSES) + sum(len(m.by_prefix) for m in _MEMOS.values()) >= _MEMO_LIMIT:
+        _MEMOS.clear()
+        _CLASSES.clear()
+    memo = _MEMOS.setdefault((cc, length), _Memo())
+    memo.by_prefix[nsn[:depth]] = hit
+    if depth not in memo.depths:
+        memo.depths.append(depth)
+        memo.depths.sort()
+    return hit
 
 
 _DESC_FIELDS = (
@@ -321,43 +393,58 @@ _DESC_FIELDS = (
 )
 
 
+_Live = tuple[tuple[int, "_Language", frozenset[int]], ...]  # (pattern index, pattern, states)
+_Decided = tuple[tuple[int, str], ...]  # (pattern index, "all" | "none")
+
+
 class _Analysis:
     """Which leading digits of a `length`-digit national number decide everything
     phonenumbers consults (every pattern of every region of the country code, and the
-    time-zone prefix table)."""
+    time-zone prefix table), and what each pattern's verdict is then."""
 
     def __init__(self, cc: int, length: int, languages: list[_Language]) -> None:
         self.cc_text = str(cc)
         self.length = length
         self.languages = languages
         root = tuple(
-            (lang, lang.start) for lang in languages if lang.verdict(lang.start, length) == "mixed"
+            (index, lang, lang.start)
+            for index, lang in enumerate(languages)
+            if lang.verdict(lang.start, length) == "mixed"
         )
-        # prefix -> the patterns still undecided after it, with their automaton states
-        self.nodes: dict[str, tuple[tuple[_Language, frozenset[int]], ...]] = {"": root}
+        # prefix -> the patterns still undecided after it (with their automaton states) and
+        # the verdicts of those decided on the way (the ones decided at the root are the
+        # same for every number of this length and are left out)
+        self.nodes: dict[str, tuple[_Live, _Decided]] = {"": (root, ())}
 
-    def decisive_depth(self, nsn: str) -> int:
-        live = self.nodes[""]
+    def decide(self, nsn: str) -> tuple[int, _Decided]:
+        """The decisive depth for `nsn`, and the verdicts of the patterns there."""
+        live, decided = self.nodes[""]
         for depth in range(self.length + 1):
             prefix = nsn[:depth]
             if not live and (self.cc_text + prefix) not in _zone_extendable():
-                return depth
+                return depth, decided
             if depth == self.length:
                 break
             child = nsn[: depth + 1]
-            nxt = self.nodes.get(child)
-            if nxt is None:
+            node = self.nodes.get(child)
+            if node is None:
                 remaining = self.length - depth - 1
                 digit = nsn[depth]
-                stepped = ((lang, lang.step(states, digit)) for lang, states in live)
-                nxt = tuple(
-                    (lang, states)
-                    for lang, states in stepped
-                    if lang.verdict(states, remaining) == "mixed"
-                )
-                self.nodes[child] = nxt
-            live = nxt
-        return self.length
+                still: list[tuple[int, _Language, frozenset[int]]] = []
+                now = list(decided)
+                for index, lang, states in live:
+                    stepped = lang.step(states, digit)
+                    verdict = lang.verdict(stepped, remaining)
+                    if verdict == "mixed":
+                        still.append((index, lang, stepped))
+                    else:
+                        now.append((index, verdict))
+                node = self.nodes[child] = (tuple(still), tuple(sorted(now)))
+            live, decided = node
+        return self.length, decided
+
+    def decisive_depth(self, nsn: str) -> int:
+        return self.decide(nsn)[0]
 
 
 @functools.cache
@@ -380,10 +467,15 @@ def _analysis(cc: int, length: int) -> _Analysis | None:
 
 
 @functools.cache
+def _zones() -> dict[str, object]:
+    table: dict[str, object] = pn_timezone.TIMEZONE_DATA  # type: ignore[attr-defined]
+    return table
+
+
+@functools.cache
 def _zone_extendable() -> frozenset[str]:
     """Every proper prefix of a key of the time-zone table (a longer key may still match)."""
-    table: dict[str, object] = pn_timezone.TIMEZONE_DATA  # type: ignore[attr-defined]
-    return frozenset(key[:i] for key in table for i in range(len(key)))
+    return frozenset(key[:i] for key in _zones() for i in range(len(key)))
 
 
 # -- metadata patterns as automata ---------------------------------------------------------

@@ -275,3 +275,76 @@ def test_gzipped_samples_import_the_same(database_url: str, tmp_path: Path, name
     assert {k: zipped[k] for k in ("rows", "imported", "invalid", "duplicates")} == {
         k: plain[k] for k in ("rows", "imported", "invalid", "duplicates")
     }
+
+
+def _big_list(path: Path, rows: int) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["name", "phone", "city"])
+        for i in range(rows):
+            phone = f"+1 212 555 {i % 9000:04d}" if i % 3 else f"(415) 555-{i % 7000:04d}"
+            if i % 97 == 0:
+                phone = "n/a"
+            writer.writerow([f'Person "{i}"', phone, "Zürich\\" if i % 5 else ""])
+
+
+def _stored(database_url: str, list_id: int) -> list[tuple[object, ...]]:
+    return [
+        (c.phone, c.name, c.attributes, c.region, c.time_zones, c.source_row)
+        for c in contacts(database_url, list_id)
+    ]
+
+
+def _import(database_url: str, path: Path, name: str, *, columnar: bool) -> dict[str, Any]:
+    from campaigns.importing import ImportOptions, import_file
+
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            summary = import_file(
+                conn, str(path), name, ImportOptions(default_region="US"), columnar=columnar
+            )
+    finally:
+        engine.dispose()
+    data = summary.as_json()
+    data["rejects"] = [(r.row_number, r.raw_value, r.reason) for r in summary.rejects]
+    return data
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    ignore = {"list_id", "list_name", "seconds"}
+    return {k: v for k, v in a.items() if k not in ignore} == {
+        k: v for k, v in b.items() if k not in ignore
+    }
+
+
+def test_columnar_import_stores_what_the_row_import_stores(
+    database_url: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "big.csv"
+    _big_list(path, 60_000)  # several columnar chunks
+    dnc = run(database_url, "dnc", "add", "+1 212 555 0001", "(415) 555-0003")
+    assert dnc.exit_code == 0, dnc.output
+    fast = _import(database_url, path, "fast", columnar=True)
+    slow = _import(database_url, path, "slow", columnar=False)
+    assert _same(fast, slow)
+    assert fast["suppressed_dnc"] == 2
+    assert fast["duplicates"] > 0
+    assert fast["invalid"] > 0
+    assert _stored(database_url, fast["list_id"]) == _stored(database_url, slow["list_id"])
+    again = _import(database_url, path, "fast", columnar=True)  # staged: the list is not empty
+    assert (again["imported"], again["already_present"]) == (0, fast["imported"])
+
+
+def test_ragged_file_falls_back_to_the_row_reader(database_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "ragged.csv"
+    _big_list(path, 30_000)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write("Late,+1 303 555 0148,Denver,extra cell\n\nLast,+1 303 555 0149\n")
+    fast = _import(database_url, path, "fast", columnar=True)
+    slow = _import(database_url, path, "slow", columnar=False)
+    assert _same(fast, slow)
+    stored = _stored(database_url, fast["list_id"])
+    assert stored == _stored(database_url, slow["list_id"])
+    assert stored[-1][0] == "+13035550149"
+    assert stored[-1][5] == 30_004

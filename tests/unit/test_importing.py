@@ -12,6 +12,7 @@ from openpyxl import Workbook
 from campaigns.errors import InputFileError
 from campaigns.importing import (
     ImportOptions,
+    Unreadable,
     Validator,
     cell_text,
     detect_columns,
@@ -220,3 +221,154 @@ def test_validator_dedupes_rejects_and_keeps_attributes() -> None:
     )
     assert json.loads(attributes) == {"Name": "Ann", "City": "NYC"}
     assert json.loads(first.contacts[1][2]) == {"Name": "Cy", "City": ""}
+
+
+def _by_rows(
+    path: Path, region: str = "US"
+) -> tuple[list[tuple[object, ...]], list[object], int, int, int]:
+    table, validator = prepare(str(path), ImportOptions(default_region=region))
+    contacts: list[tuple[object, ...]] = []
+    rejects: list[object] = []
+    rows = duplicates = notes = 0
+    for chunk in table.chunks:
+        out = validator.validate(chunk)
+        contacts += out.contacts
+        rejects += out.rejects
+        rows, duplicates, notes = rows + out.rows, duplicates + out.duplicates, notes + out.notes
+    return contacts, rejects, rows, duplicates, notes
+
+
+def _by_columns(
+    path: Path, region: str = "US"
+) -> tuple[list[tuple[object, ...]], list[object], int, int, int]:
+    table, validator = prepare(str(path), ImportOptions(default_region=region))
+    assert table.columnar is not None
+    contacts: list[tuple[object, ...]] = []
+    rejects: list[object] = []
+    rows = duplicates = notes = 0
+    for chunk in table.columnar(table.header_is_data):
+        out = validator.validate_columns(chunk)
+        contacts += [tuple(row.values()) for row in out.contacts.to_pylist()]
+        rejects += out.rejects
+        rows, duplicates, notes = rows + out.rows, duplicates + out.duplicates, notes + out.notes
+    return contacts, rejects, rows, duplicates, notes
+
+
+TRICKY_CELLS = [
+    "Ann",
+    "  padded\u3000",
+    'quote " inside',
+    "back\\slash",
+    "tab\there",
+    "new\nline",
+    "\xa0",
+    "",
+    "Zoë Œ 中文",
+    "=1+2",
+    "semi;colon, comma",
+]
+
+
+def _tricky_csv(path: Path, rows: int, seed: int) -> None:
+    import csv
+    import random
+
+    rng = random.Random(seed)
+    phones = [
+        "(212) 555-01{:02d}",
+        "+1 415 555 {:04d}",
+        "n/a",
+        "",
+        "1-312-555-{:04d}",
+        "+44 20 7946 {:04d}",
+        "312 555 0145 ext. {}",
+        "1.2E+10",
+        "0{:09d}",
+    ]
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["Name", "Phone", "City", "City", "", "note"])
+        for i in range(rows):
+            if rng.random() < 0.02:
+                writer.writerow(["", "", "", "", "", ""])  # a blank row (all cells empty)
+                continue
+            phone = rng.choice(phones).format(rng.randrange(100))
+            if i % 700 == 5:
+                phone = "+1 415 555 07" + str(i % 100).zfill(2)
+                writer.writerow(["ctrl\x01\x1f", phone, "\x7f", "", str(i), "x"])
+                continue
+            writer.writerow(
+                [
+                    rng.choice(TRICKY_CELLS),
+                    phone,
+                    rng.choice(TRICKY_CELLS),
+                    rng.choice(TRICKY_CELLS),
+                    str(i),
+                    rng.choice(TRICKY_CELLS),
+                ]
+            )
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_columnar_path_equals_row_path(tmp_path: Path, seed: int) -> None:
+    path = tmp_path / "tricky.csv"
+    _tricky_csv(path, 3000, seed)
+    by_rows = _by_rows(path)
+    assert by_rows == _by_columns(path)
+    contacts, rejects, rows, duplicates, notes = by_rows
+    assert contacts  # every branch was taken
+    assert rejects
+    assert duplicates
+    assert notes
+    assert rows < 3000  # blank rows are not rows
+
+
+def test_columnar_path_equals_row_path_for_blank_lines_and_headerless(tmp_path: Path) -> None:
+    path = tmp_path / "list.csv"
+    path.write_text("name,phone\n\nAnn,+14155550100\n\n\nBo,(212) 555-0101\n\n")
+    assert _by_rows(path) == _by_columns(path)
+    assert [c[5] for c in _by_columns(path)[0]] == [3, 6]
+    bare = tmp_path / "numbers.txt"
+    bare.write_text(" +14155550100 \n(212) 555-0101\n")
+    assert _by_rows(bare) == _by_columns(bare)
+
+
+def test_columnar_path_equals_row_path_for_excel(tmp_path: Path) -> None:
+    book = Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.append(["Name", "Phone", "Joined"])
+    for i in range(300):
+        sheet.append([f" P{i} ", 2125550100 + i % 250, 1.5 if i % 7 else None])
+    sheet.append([None, None, None])
+    sheet.append(["Sci", 1.2e20, "x"])
+    path = tmp_path / "list.xlsx"
+    book.save(path)
+    assert _by_rows(path) == _by_columns(path)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "name,phone\nAnn,+14155550100,extra\n",  # more cells than the header
+        "name,phone\nAnn\n",  # fewer
+        'name,phone\n"Ann,+14155550100\n',  # an unterminated quote
+    ],
+)
+def test_columnar_reader_gives_up_where_it_would_differ(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "list.csv"
+    path.write_text(content)
+    table = open_table(str(path))
+    assert table.columnar is not None
+    with pytest.raises(Unreadable):
+        list(table.columnar(False))
+
+
+def test_columnar_reader_gives_up_on_bytes_it_cannot_decode(tmp_path: Path) -> None:
+    path = tmp_path / "list.csv"
+    lines = ["name,phone"] + [f"n{i},+1415555{i % 10000:04d}" for i in range(20_000)]
+    path.write_bytes(("\n".join(lines) + "\nJürgen,+4930123456\n").encode("latin-1"))
+    table = open_table(str(path), encoding="utf-8")
+    assert table.columnar is not None
+    with pytest.raises(Unreadable):
+        list(table.columnar(False))

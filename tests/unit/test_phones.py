@@ -171,3 +171,89 @@ def test_pattern_automaton_decisive_depth(
             break
         level = {language.step(s, d) for s in level for d in "0123456789"}
     assert found == depth
+
+
+TRICKY = [
+    "+1 (212) 555-0101",
+    "(+1) 212 555 0101",
+    "\u3000+1 212 555 0101\xa0",
+    " 2125550101\t",
+    "1 212 555 0101",
+    "1-212-555-0101",
+    "011 44 20 7946 0958",
+    "0044 20 7946 0958",
+    "(0044) 20 7946 0958",
+    "+44 (0)20 7946 0958",
+    "+442079460958",
+    "+44 20 1234",
+    "+1 212 555 01",
+    "+1 212 555 010199",
+    "+1 911 555 0101",
+    "+1 212 911 0101",
+    "+1 800 555 0100",
+    "+1 684 633 1234",
+    "+1 876 555 0101",
+    "+800 1234 5678",
+    "+999 123 4567",
+    "+0 123 456 789",
+    "+01 212 555 0101",
+    "+001 212 555 0101",
+    "+",
+    "()",
+    "(",
+    "-",
+    "0",
+    "12",
+    "1234567890123456789",
+    "+1234567890123456789",
+    "212.555.0101",
+    "212..555..0101",
+    "(212)5550101",
+    "2125550101 ext. 4",
+    "2125550101x4",
+    "1.21256E+10",
+    "n/a",
+    "",
+    "   ",
+    "+49 30 12345678",
+    "+49 (0)30 12345678",
+    "+33 6 12 34 56 78",
+    "+39 06 4567 8901",
+    "+91 98765 43210",
+    "+55 11 91234 5678",
+    "+61 4 1234 5678",
+    "0 212 555 0101",
+    "00 1 212 555 0101",
+]
+
+
+@pytest.mark.parametrize("region", ["US", "GB", "DE", "IT", "BR"])
+def test_batch_fast_path_equals_phonenumbers_on_tricky_inputs(region: str) -> None:
+    expected = [normalise(raw, region, fast=False) for raw in TRICKY]
+    assert phones.normalise_many(TRICKY, region) == expected
+    for raw, full in zip(TRICKY, expected, strict=True):
+        fast = phones._fast_path(raw.strip(), region)
+        assert fast is None or fast == full, (raw, region)
+
+
+def test_batch_fast_path_equals_phonenumbers_on_a_generated_sample() -> None:
+    rng = random.Random(7)
+    sample = _sample(rng)
+    for region in ("US", "GB", "DE"):
+        values = [raw for raw, _ in sample[:6000]]
+        expected = [normalise(raw, region, fast=False) for raw in values]
+        assert phones.normalise_many(values, region) == expected, region
+    # invalid numbers are answered by the fast path too (not only valid ones)
+    fast_rejects = [
+        raw
+        for raw, region in sample
+        if isinstance(phones._fast_path(raw.strip(), region), PhoneReject)
+    ]
+    assert len(fast_rejects) > 1000
+
+
+def test_known_rejects_are_reused() -> None:
+    assert phones.normalise_many(["n/a", "+12125550101"], "US", known={"n/a": "cached"}) == [
+        PhoneReject("cached"),
+        normalise("+12125550101", "US"),
+    ]
