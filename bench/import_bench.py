@@ -137,8 +137,57 @@ def _ours(database_url: str, path: str, region: str) -> dict[str, Any]:
             conn, path, f"bench-{uuid.uuid4().hex[:8]}", ImportOptions(default_region=region)
         )
     seconds = time.perf_counter() - started
+    result: dict[str, Any] = {
+        "rows": summary.rows,
+        "imported": summary.imported,
+        "seconds": seconds,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+    if engine.dialect.name == "postgresql":
+        result["copy_alone_rows_per_s"] = _copy_alone(engine, summary.list_id)
     engine.dispose()
-    return {"rows": summary.rows, "imported": summary.imported, "seconds": seconds}
+    return result
+
+
+def _copy_alone(engine: Any, list_id: int) -> float:
+    """The floor set by the server: the same contact rows, already rendered, COPY'd into a
+    fresh list of the same table (then rolled back), in contact rows/s."""
+    import io
+
+    from sqlalchemy import text
+
+    columns = "phone, name, attributes, region, time_zones, source_row"
+    with engine.connect() as conn:
+        driver = conn.connection.driver_connection
+        buffer = io.BytesIO()
+        with (
+            driver.cursor() as cursor,
+            cursor.copy(
+                f"COPY (SELECT 0, {columns} FROM contact WHERE list_id = {list_id}) TO STDOUT"
+            ) as copy,
+        ):
+            for block in copy:
+                buffer.write(block)
+        other = conn.execute(
+            text(
+                "INSERT INTO contact_list (name, created_at, updated_at, rows_total, imported, "
+                "duplicates, invalid, suppressed_dnc) VALUES (:name, now(), now(), 0, 0, 0, 0, 0) "
+                "RETURNING id"
+            ),
+            {"name": f"copy-{uuid.uuid4().hex[:8]}"},
+        ).scalar_one()
+        data = buffer.getvalue().replace(b"0\t", f"{other}\t".encode(), 1)
+        data = data.replace(b"\n0\t", f"\n{other}\t".encode())
+        rows = data.count(b"\n")
+        started = time.perf_counter()
+        with (
+            driver.cursor() as cursor,
+            cursor.copy(f"COPY contact (list_id, {columns}) FROM STDIN") as copy,
+        ):
+            copy.write(data)
+        seconds = time.perf_counter() - started
+        conn.rollback()
+    return rows / seconds
 
 
 def _baseline(database_url: str, path: str, region: str, limit: int | None) -> dict[str, Any]:
@@ -192,7 +241,7 @@ def _one(kind: str, database_url: str, path: str, limit: int | None) -> None:
         if kind == "ours"
         else _baseline(database_url, path, "US", limit)
     )
-    result["peak_rss_mb"] = _peak_rss_mb()
+    result.setdefault("peak_rss_mb", _peak_rss_mb())
     print(json.dumps(result))
 
 
@@ -319,17 +368,34 @@ def main() -> None:
         "rows/s is for those rows. The baseline stores only the E.164 number and columns: no",
         "region, time zone, rejects or DNC check, so it does less work than the importer.",
         "",
-        "| backend | file | importer rows/s | importer peak RSS | baseline rows/s | baseline peak RSS | speed-up |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "How the importer gets there: pyarrow reads the CSV (calamine the workbook) into",
+        "columns; each distinct phone text is normalised once, by a fast path that gives",
+        "phonenumbers' own answer (shape check and punctuation removal column-wise, then a",
+        "memo of phonenumbers' verdicts per decisive prefix and per pattern class); names and",
+        "the attributes JSON are built column-wise; into a list that is empty at the start,",
+        "rows are COPY'd (CSV) straight into `contact` by a writer thread while the next",
+        "block is validated (a list that already holds contacts goes through a staging table",
+        "and INSERT ... ON CONFLICT DO NOTHING). A file the columnar reader would read",
+        "differently from the csv module (ragged rows, unterminated quotes, undecodable",
+        "bytes) is read again row by row.",
+        "",
+        '"COPY alone" is the server\'s floor on this machine: the same contact rows, already',
+        "rendered, COPY'd into a fresh list of the same table (foreign key to `contact_list`,",
+        "primary key, unique (list_id, phone), jsonb), in imported rows/s.",
+        "",
+        "| backend | file | importer rows/s | importer peak RSS | COPY alone | baseline rows/s | baseline peak RSS | speed-up |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     by_key = {(b, f, k): r for b, f, k, r in results}
     for backend, label, kind, result in results:
         if kind != "ours":
             continue
         base = by_key[(backend, label, "baseline")]
+        floor = result.get("copy_alone_rows_per_s")
         lines.append(
             f"| {backend} | {label} | {result['rows_per_s']:,.0f} | "
-            f"{result['peak_rss_mb']:,.0f} MB | {base['rows_per_s']:,.0f} "
+            f"{result['peak_rss_mb']:,.0f} MB | "
+            f"{'—' if floor is None else f'{floor:,.0f}'} | {base['rows_per_s']:,.0f} "
             f"({base['rows']:,} rows) | {base['peak_rss_mb']:,.0f} MB | "
             f"{result['rows_per_s'] / base['rows_per_s']:.1f}x |"
         )
