@@ -72,6 +72,24 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {ram}, Python {platform.python_version()}"
 
 
+def code_version() -> str:
+    """The commit the measured code is at (and whether the work tree differs from it)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "campaigns", "workers"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"`{head}`" + (" (with uncommitted changes in campaigns/ or workers/)" if dirty else "")
+
+
 def load_note() -> str:
     one, five, _ = os.getloadavg()
     return f"load average at the end {one:.1f} (1 min), {five:.1f} (5 min)"
@@ -410,8 +428,8 @@ async def baseline_throughput(url: str, sim: Any, *, count: int, workers: int) -
     from campaigns.models import Recipient
 
     sim.reset()
-    name = "baseline"
-    make_list(url, name, numbers(count, 900_000))
+    name = f"baseline-{workers}"
+    make_list(url, name, numbers(count, 900_000 + workers * 20_000))
     campaign_id = await create_campaign(url, campaign_toml(name, cps=MAX_CPS, batch_size=1))
     await start_campaigns(url, [campaign_id])
     # The product's workers must not dispatch this campaign: only the baseline's run here.
@@ -636,11 +654,20 @@ def report(args: argparse.Namespace, tp: list[dict[str, Any]], pace: list[dict[s
     ]
     worst = max((abs(p["error_pct"]) for p in pace), default=float("nan"))
     over = [p for p in pace if p["peak_1s"] > p["rate"]]
+    rule6 = (
+        " — peak "
+        + ", ".join(f"{p['peak_1s']} dials in 1 s at {p['rate']} cps" for p in over)
+        + " (the whole-second counts stay within the rate; the excess is submit-to-arrival "
+        "jitter beyond the pacer's 1.02-s admission window)"
+        if over
+        else ""
+    )
     tp_verdict = "met" if best >= 2000 else "NOT met"
     pace_verdict = "met" if worst <= 5 else "NOT met"
     return f"""## Dispatch: numbers submitted per second, and pacing
 
-Machine: {machine()}; {load_note()}. Command: `{command}`.
+Machine: {machine()}; {load_note()}; other processes (tests, other benchmarks) may share the
+two cores. Command: `{command}`, on commit {code_version()}.
 
 Real parts: a scratch PostgreSQL database, Redis, arq worker processes built by
 `workers.settings.make_worker` (dispatch tick every second, Redis pacer, deferred submit jobs,
@@ -676,8 +703,9 @@ from the first dial.
 {chr(10).join(pace_rows)}
 
 Verdict (target: within ±5 % of the set rate): **{pace_verdict}** — worst error {worst:.1f} %;
-{"no 1-s window above the set rate" if not over else "1-s windows above the set rate at " + ", ".join(str(p["rate"]) for p in over) + " cps"}. The pacer plans 3 % slack
-(`PACING_MARGIN = 1.03`), so the measured rate sits just under the setting by design.
+the pacer plans 3 % slack (`PACING_MARGIN = 1.03`), so the measured rate sits just under
+the setting by design. Design rule 6 read at the provider's end (no sliding 1-s window at the
+simulator above the set rate): **{"held" if not over else "NOT held"}**{rule6}.
 """
 
 

@@ -67,6 +67,7 @@ from dispatch_bench import (
     POLL,
     TOKEN,
     campaign_toml,
+    code_version,
     create_campaign,
     flush_redis,
     load_note,
@@ -727,7 +728,7 @@ async def submit_for_real(url: str, groups: dict[str, int]) -> dict[str, list[di
 def report(args: argparse.Namespace, results: list[dict[str, Any]], setup: dict[str, int]) -> str:
     command = "python bench/ingest_bench.py" + (" " + " ".join(args.argv) if args.argv else "")
     names = {
-        "product": "project ingester (group commit, one job per commit group)",
+        "product": "project ingester (group commit, apply feed)",
         "naive": "naive: one INSERT + commit and one arq job per event",
         "httptools": "project ingester, uvicorn with httptools instead of h11 (ingest only)",
     }
@@ -798,14 +799,15 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], setup: dict[
 
 Machine: {machine()}; {load_note()}. Other processes (tests, other benchmarks) may share the
 two cores; the load generator, the simulator, PostgreSQL and Redis run on the same two cores
-as the ingester and the worker. Command: `{command}`.
+as the ingester and the worker. Command: `{command}`, on commit {code_version()}.
 
 Set-up: {sum(setup.values()):,} calls of four poll campaigns really submitted by the product's
 worker to the simulator; each gets a synthetic 10-event life (encrypted with
 `encrypt_payload`, AES-256-CBC/base64), sent by a separate load-generator process (raw
 asyncio HTTP/1.1, keep-alive). One uvicorn ingester process (access log off), one arq worker
-process (`make_worker`, default `max_jobs` 50, `poll_delay` 0.02 s), PostgreSQL, Redis.
-Applied = `applied_at` set by the worker (the attempt row, answers and IVR commands written).
+process (`make_worker`: its apply feed pops the ingester's commit groups from Redis at once;
+default `max_jobs` 50, `poll_delay` 0.02 s), PostgreSQL, Redis. Applied = `applied_at` set by
+the worker (the attempt row, answers and IVR commands written).
 Naive baseline: a Starlette handler that decrypts, parses, does one INSERT ... ON CONFLICT DO
 NOTHING + commit and one `enqueue_job("apply_events", [id])` per event; same worker.
 
