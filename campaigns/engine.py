@@ -231,6 +231,20 @@ async def submit_batch(
         batch = await store.get_batch(session, batch_id)
         if batch is None or batch.state != BatchState.CLAIMED:
             return SubmitOutcome("skipped", batch.state if batch else "no such batch")
+        # Take the batch first. Two jobs may hold one batch (the sweeper re-enqueues a batch
+        # that waited long for its slot): only the one whose conditional update wins goes
+        # on; the other must not POST it a second time (rule 1).
+        won = await store.set_batch_state(
+            session,
+            batch_id,
+            BatchState.SUBMITTING,
+            expect=[BatchState.CLAIMED],
+            now=now,
+            submit_tries=batch.submit_tries + 1,
+            submitted_at=now,
+        )
+        if not won:
+            return SubmitOutcome("skipped", "taken by another job")
         campaign = await session.get(Campaign, batch.campaign_id)
         assert campaign is not None
         members = await store.batch_members(session, batch_id)
@@ -243,7 +257,7 @@ async def submit_batch(
                 session,
                 batch_id,
                 BatchState.RELEASED,
-                expect=[BatchState.CLAIMED],
+                expect=[BatchState.SUBMITTING],
                 now=now,
                 error=f"campaign {campaign.status} before submission",
             )
@@ -256,20 +270,11 @@ async def submit_batch(
                 session,
                 batch_id,
                 BatchState.RELEASED,
-                expect=[BatchState.CLAIMED],
+                expect=[BatchState.SUBMITTING],
                 now=now,
                 error="no member callable at submission",
             )
             return SubmitOutcome("released", "no member callable")
-        await store.set_batch_state(
-            session,
-            batch_id,
-            BatchState.SUBMITTING,
-            expect=[BatchState.CLAIMED],
-            now=now,
-            submit_tries=batch.submit_tries + 1,
-            submitted_at=now,
-        )
     retries = definition.retry.max_attempts - 1 if definition.platform_retries else 0
     interval_ms = int(definition.retry.delays[0].total_seconds() * 1000) if retries else 0
     if pacer is not None:
