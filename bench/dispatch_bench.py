@@ -631,6 +631,8 @@ async def pacing_run(
 
 
 def report(args: argparse.Namespace, tp: list[dict[str, Any]], pace: list[dict[str, Any]]) -> str:
+    from campaigns.pacing import ADMIT_WINDOW
+
     command = "python bench/dispatch_bench.py" + (" " + " ".join(args.argv) if args.argv else "")
     rows = []
     for r in tp:
@@ -656,9 +658,14 @@ def report(args: argparse.Namespace, tp: list[dict[str, Any]], pace: list[dict[s
     over = [p for p in pace if p["peak_1s"] > p["rate"]]
     rule6 = (
         " — peak "
-        + ", ".join(f"{p['peak_1s']} dials in 1 s at {p['rate']} cps" for p in over)
-        + " (the whole-second counts stay within the rate; the excess is submit-to-arrival "
-        "jitter beyond the pacer's 1.02-s admission window)"
+        + ", ".join(
+            f"{p['peak_1s']} dials in a sliding 1 s and {p['max_1s']} in a whole second at "
+            f"{p['rate']} cps"
+            for p in over
+        )
+        + "; the pacer's admission window is "
+        f"{ADMIT_WINDOW:g} s, measured at the worker before the POST, so submit-to-arrival "
+        "jitter on this loaded machine can bunch batches at the provider"
         if over
         else ""
     )

@@ -785,6 +785,11 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], setup: dict[
     ivr_ok = ours["ivr"]["p95_ms"] <= 250
     if ours["ivr"]["turns"]:
         ivr_note = f"p95 {ours['ivr']['p95_ms']:.0f} ms under load"
+    elif not ours["ivr"]["calls"]:
+        ivr_note = (
+            "no turn under load: the worker dialled none of the campaign's calls during the "
+            "run (its dispatch tick ran behind the apply backlog)"
+        )
     else:
         ivr_note = (
             "no digit turn completed under load (stored→applied lag p50 "

@@ -282,10 +282,10 @@ asyncio HTTP/1.1 server in a separate process that only answers 200; webhooks ar
 |---|---|---|
 {rows}
 
-The simulator uses the raw asyncio HTTP/1.1 sender with 32 tasks, each with its own
-keep-alive connection (`[webhooks] senders`, `transport`): the fastest measured here. httpx
-spends most of its time in its own connection-pool machinery, and more so with many requests
-in flight on one client.
+The simulator uses the raw asyncio HTTP/1.1 sender with 32 tasks by default, each with its
+own keep-alive connection (`[webhooks] senders`, `transport`); the fastest in this run was
+"{best_name}". httpx spends most of its time in its own connection-pool machinery, and more so
+with many requests in flight on one client.
 
 ### Whole call timelines (ring, answer, AMD, a DTMF prompt, the answer, hang-up; ~6 events per call)
 
