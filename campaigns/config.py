@@ -41,6 +41,11 @@ class Settings:
     default_country: str = "US"
     # An attempt with no final event after this long is settled as `unknown`.
     attempt_timeout_seconds: float = 600.0
+    # An ended call whose outcome a late (reordered) event could still change is settled
+    # after this grace period (an answer arriving later is kept, the outcome is not redone).
+    settle_grace_seconds: float = 3.0
+    # An event for a broadcast not recorded yet waits this long, then is quarantined.
+    early_event_timeout_seconds: float = 120.0
     # arq's poll delay: the default 0.5 s adds up to half a second to every job.
     worker_poll_delay: float = 0.02
     worker_max_jobs: int = 50
@@ -117,6 +122,8 @@ class Settings:
         text("ENABLEX_AMD_FIELD", "amd_field")
         text("DEFAULT_COUNTRY", "default_country")
         number("ATTEMPT_TIMEOUT_SECONDS", "attempt_timeout_seconds", float, 1)
+        number("SETTLE_GRACE_SECONDS", "settle_grace_seconds", float, 0)
+        number("EARLY_EVENT_TIMEOUT_SECONDS", "early_event_timeout_seconds", float, 1)
         number("WORKER_POLL_DELAY", "worker_poll_delay", float, 0.001)
         number("WORKER_MAX_JOBS", "worker_max_jobs", int, 1)
         text("QUEUE_NAME", "queue_name")

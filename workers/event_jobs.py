@@ -49,14 +49,11 @@ SWEEP_MIN_AGE = timedelta(seconds=5)
 
 
 def apply_config(settings: Settings) -> applying.ApplyConfig:
-    """The applier's settings (grace and early-event timeout fall back to defaults on
-    deployments whose Settings do not carry them yet)."""
-    grace = getattr(settings, "settle_grace_seconds", None)
-    early = getattr(settings, "early_event_timeout_seconds", None)
+    """The applier's settings."""
     return applying.ApplyConfig(
         amd_field=settings.amd_field,
-        settle_grace=timedelta(seconds=grace) if grace else applying.DEFAULT_SETTLE_GRACE,
-        early_timeout=timedelta(seconds=early) if early else applying.DEFAULT_EARLY_TIMEOUT,
+        settle_grace=timedelta(seconds=settings.settle_grace_seconds),
+        early_timeout=timedelta(seconds=settings.early_event_timeout_seconds),
     )
 
 

@@ -188,7 +188,10 @@ async def _run(
             webhook_token=token,
             webhook_accept_plaintext=False,
             queue_name=f"campaigns-demo:{secrets.token_hex(4)}",
-            attempt_timeout_seconds=settings.attempt_timeout_seconds,
+            # Waits measured on the demo's clock keep their real length at demo speed.
+            attempt_timeout_seconds=settings.attempt_timeout_seconds * speed,
+            settle_grace_seconds=settings.settle_grace_seconds * speed,
+            early_event_timeout_seconds=settings.early_event_timeout_seconds * speed,
             worker_poll_delay=0.01,
         )
         async with serve_ingester(base, clock=clock) as port:

@@ -109,9 +109,11 @@ async def start_simulator(
     app_key: str = TEST_APP_KEY,
     plaintext: bool = False,
     profile: Profile | None = None,
+    wall_clock: Callable[[], float] = time.time,
     **sections: dict[str, Any],
 ) -> AsyncIterator[RunningSimulator]:
-    """A simulator on a free loopback port, FAST_PROFILE (or `profile`) with `sections` changed."""
+    """A simulator on a free loopback port, FAST_PROFILE (or `profile`) with `sections` changed;
+    `wall_clock` stamps its events (a sped-up clock shared with the workers)."""
     base = profile or FAST_PROFILE
     config = SimulatorConfig(
         app_id=app_id,
@@ -120,6 +122,7 @@ async def start_simulator(
         speed=speed,
         plaintext=plaintext,
         profile=base.replace(**sections) if sections else base,
+        wall_clock=wall_clock,
     )
     async with run_simulator(config) as sim:
         yield sim
