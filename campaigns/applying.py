@@ -22,7 +22,9 @@ prompt), and only while the call is live.
 Settling. An ended attempt is settled at once when no reordered event could change its
 outcome (`settle_ready`); otherwise after `settle_grace` (a deferred job), with the sweeper
 (`settle_overdue`) as the backstop. An event arriving after the attempt was settled still
-updates its facts and answers, not its outcome.
+updates its facts and answers; if they change its outcome (an answer held up past the
+grace period), the outcome is corrected and the recipient's decision redone while its
+retry has not happened yet (`outcomes.resettle_attempt`).
 
 Matching. An event for a broadcast we do not know (yet) may be early: the POST /broadcast
 answer is not recorded yet. It stays unapplied and is retried until `early_timeout`, then
@@ -62,7 +64,7 @@ from campaigns.enablex.events import (
 )
 from campaigns.errors import EnablexRejection, TransientEnablexError, WebhookDecodeError
 from campaigns.models import AttemptState, CallAttempt
-from campaigns.outcomes import campaign_definition, settle_attempt
+from campaigns.outcomes import campaign_definition, resettle_attempt, settle_attempt
 from campaigns.scheduling import Outcome, classify_attempt
 from campaigns.store import events as store
 
@@ -122,6 +124,7 @@ class ApplyResult:
     settle_later: list[int] = field(default_factory=list)  # attempt ids, after the grace
     commands: list[Command] = field(default_factory=list)
     answers: int = 0
+    resettled: int = 0  # settled attempts whose late events changed the outcome
 
 
 def _earliest(current: datetime | None, candidate: datetime) -> datetime:
@@ -412,6 +415,16 @@ async def apply_events(
                 result.settled += await _settle(session, attempt, defn, now)
             else:
                 result.settle_later.append(attempt.id)
+        elif attempt.settled_at is not None and after.state == AttemptState.ENDED and new:
+            # Settled already, and the call's own events say it ended: late facts may
+            # correct the outcome.
+            late = outcome_of(attempt, defn)
+            if late.value != attempt.outcome:
+                await session.flush()
+                decision = await resettle_attempt(
+                    session, attempt_id=attempt.id, outcome=late, now=now
+                )
+                result.resettled += decision is not None
     await session.flush()
     await store.mark_applied(session, done_ids, now)
     result.applied = len(done_ids)
@@ -439,8 +452,13 @@ async def _write_fold(
     attempt.poll_step = after.progress.step
     attempt.poll_tries = after.progress.tries
     if after.answers != before.answers:
-        await store.delete_answers_except(session, attempt.id, after.answers)
-        for answer, when in after.answers.values():
+        # What the call's earlier events gave is stored already (they were folded and
+        # written by an earlier apply, under the same attempt lock): write the difference.
+        if set(before.answers) - set(after.answers):
+            await store.delete_answers_except(session, attempt.id, after.answers)
+        for key, (answer, when) in after.answers.items():
+            if before.answers.get(key) == (answer, when):
+                continue
             await store.upsert_answer(
                 session,
                 attempt_id=attempt.id,

@@ -444,6 +444,54 @@ async def test_disconnected_before_connected_waits_instead_of_settling_wrongly(
     assert snap["attempt"]["outcome"] == "machine"  # not "completed", not "unknown"
 
 
+async def test_an_answer_held_up_past_the_grace_period_cancels_the_retry(
+    world_factory: Callable[..., Any],
+) -> None:
+    """The last answer reaches us only after the call was settled `partial` and a retry
+    planned (retry_incomplete): the outcome is corrected and nobody calls the person
+    again. A late fact never re-opens a finished recipient."""
+    phone = us_numbers(1)[0]
+    world: World = await world_factory(
+        [phone], poll=POLL.replace("[poll]\n", "[poll]\nretry_incomplete = true\n")
+    )
+    script = completed(phone)
+    (late,) = [e for e in script.events if e.get("playstate") == "speech_recognized"]
+    await world.deliver([e for e in script.events if e is not late])
+    await world.settle_after_grace()
+    snap = await world.snapshot(phone)
+    assert snap["attempt"]["outcome"] == "partial"
+    assert snap["recipient"] == ("waiting_retry", "partial", None)
+
+    result = await world.deliver([late])
+    snap = await world.snapshot(phone)
+    assert result.resettled == 1
+    assert snap["attempt"]["outcome"] == "completed"
+    assert snap["recipient"] == ("done", "completed", "completed")
+    async with world.sessions() as session:
+        recipient = (await session.scalars(select(Recipient))).one()
+        assert recipient.next_attempt_at is None
+        assert recipient.attempts == 1
+
+
+async def test_a_late_fact_never_reopens_a_finished_recipient(
+    world_factory: Callable[..., Any],
+) -> None:
+    """A completed poll (recipient done); then the platform reports the call's answering
+    machine result as `machine`, late. The attempt's record takes the fact, but the
+    finished recipient is not re-opened for a retry."""
+    phone = us_numbers(1)[0]
+    world: World = await world_factory([phone])
+    script = completed(phone)
+    await world.deliver(script.events)
+    assert (await world.snapshot(phone))["recipient"] == ("done", "completed", "completed")
+    connected = next(e for e in script.events if e.get("state") == "connected")
+    result = await world.deliver([{**connected, "amd_result": "machine"}])
+    snap = await world.snapshot(phone)
+    assert result.resettled == 0
+    assert snap["attempt"]["amd_result"] == "machine"
+    assert snap["recipient"] == ("done", "completed", "completed")
+
+
 async def test_a_machine_reported_after_the_poll_began_still_hangs_up(
     world_factory: Callable[..., Any],
 ) -> None:
