@@ -7,7 +7,7 @@ are applied once (`applied_at`, under a lock), settling is idempotent.
 
 The ingester pushes each commit group's event ids onto the apply feed (a Redis list);
 `ApplyFeed`, started with every worker, pops them with BLPOP and applies them at once, up
-to `worker_max_jobs` groups at a time: one Redis round trip between the ingester's commit
+to `APPLY_CONCURRENCY` groups at a time: one Redis round trip between the ingester's commit
 and the apply, which is what an IVR turn waits for. Groups that must wait (events of a
 broadcast not recorded yet) or hit a database error go on as `apply_events` arq jobs
 with backoff. The cron `sweep_events` re-applies what was stored but never applied (a
@@ -147,6 +147,10 @@ async def sweep_events(ctx: dict[str, Any]) -> str:
 
 # How long one BLPOP waits before looking again (and noticing a shutdown).
 FEED_BLOCK_SECONDS = 1
+# Groups applied at once by one worker: well under its database pool (10 + 10
+# connections), so that a backlog of events never starves the dispatch tick and the
+# submit jobs of connections (seen in bench/ingest_bench.py with 50: dispatch timed out).
+APPLY_CONCURRENCY = 8
 
 
 class ApplyFeed:

@@ -19,7 +19,7 @@ from campaigns.config import Settings
 from campaigns.models import utcnow
 from workers import jobs
 from workers.context import build_deps, close_deps
-from workers.event_jobs import EVENT_CRON_JOBS, EVENT_FUNCTIONS, ApplyFeed
+from workers.event_jobs import APPLY_CONCURRENCY, EVENT_CRON_JOBS, EVENT_FUNCTIONS, ApplyFeed
 
 EVERY_SECOND = set(range(60))
 EVERY_5_SECONDS = set(range(0, 60, 5))
@@ -33,7 +33,7 @@ def worker_options(
     async def startup(ctx: dict[str, Any]) -> None:
         deps = ctx["deps"] = await build_deps(settings, ctx["redis"], clock=clock)
         feed = ctx["apply_feed"] = ApplyFeed(
-            deps, ctx["redis"], concurrency=settings.worker_max_jobs
+            deps, ctx["redis"], concurrency=min(settings.worker_max_jobs, APPLY_CONCURRENCY)
         )
         feed.start()
 
