@@ -74,11 +74,30 @@ async def settle_attempt(
     decision = await _decide(
         session, recipient_id, attempt_no, campaign_id, ended_at or now, outcome
     )
+    moved = await _move_recipient(
+        session, recipient_id, attempt_no, [RecipientStatus.IN_FLIGHT], decision, outcome, now
+    )
+    if not moved:
+        log.warning("attempt %s settled but its recipient had moved on", attempt_id)
+    return decision
+
+
+async def _move_recipient(
+    session: AsyncSession,
+    recipient_id: int,
+    attempt_no: int,
+    expect: list[RecipientStatus],
+    decision: Decision,
+    outcome: Outcome,
+    now: datetime,
+) -> bool:
+    """Apply `decision` to the recipient if it is still at attempt `attempt_no` and in one
+    of the `expect`ed states (a conditional update); False when it had moved on."""
     moved = await session.execute(
         update(Recipient)
         .where(
             Recipient.id == recipient_id,
-            Recipient.status == RecipientStatus.IN_FLIGHT,
+            Recipient.status.in_(expect),
             Recipient.attempts == attempt_no,
         )
         .values(
@@ -89,9 +108,7 @@ async def settle_attempt(
             updated_at=now,
         )
     )
-    if not moved.rowcount:  # type: ignore[attr-defined]
-        log.warning("attempt %s settled but its recipient had moved on", attempt_id)
-    return decision
+    return bool(moved.rowcount)  # type: ignore[attr-defined]
 
 
 async def _decide(
@@ -167,22 +184,9 @@ async def resettle_attempt(
     open_to = [RecipientStatus.WAITING_RETRY]
     if decision.status in (RecipientStatus.DONE, RecipientStatus.FAILED):
         open_to += [RecipientStatus.DONE, RecipientStatus.FAILED]
-    moved = await session.execute(
-        update(Recipient)
-        .where(
-            Recipient.id == recipient_id,
-            Recipient.status.in_(open_to),
-            Recipient.attempts == attempt_no,
-        )
-        .values(
-            status=decision.status,
-            next_attempt_at=decision.next_attempt_at,
-            last_outcome=outcome.value,
-            final_outcome=decision.final_outcome,
-            updated_at=now,
-        )
-    )
-    if not moved.rowcount:  # type: ignore[attr-defined]
+    if not await _move_recipient(
+        session, recipient_id, attempt_no, open_to, decision, outcome, now
+    ):
         return None
     log.info("attempt %s: late events changed its outcome to %s", attempt_id, outcome.value)
     return decision
