@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from benchdoc import machine, write_section
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
@@ -309,33 +309,6 @@ def _postgres() -> tuple[str, Any]:
     return url, drop
 
 
-def _machine() -> str:
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
-    return (
-        f"{os.cpu_count()} cores ({cpu}), {mem_kb / 1024 / 1024:.0f} GiB RAM, "
-        f"Python {platform.python_version()}"
-    )
-
-
-def _write_doc(body: str) -> None:
-    start, end = f"<!-- section:{SECTION} -->", f"<!-- /section:{SECTION} -->"
-    block = f"{start}\n{body.rstrip()}\n{end}\n"
-    current = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
-    if start in current and end in current:
-        before, rest = current.split(start, 1)
-        after = rest.split(end, 1)[1].lstrip("\n")
-        updated = before + block + ("\n" + after if after else "")
-    else:
-        updated = current.rstrip() + "\n\n" + block
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(updated)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -404,7 +377,7 @@ def main() -> None:
     lines = [
         "## Export: results CSV, one row per recipient",
         "",
-        f"Machine: {_machine()}. Command: `python bench/export_bench.py"
+        f"Machine: {machine()}. Command: `python bench/export_bench.py"
         f"{' --rows ' + str(args.rows) if args.rows != 1_000_000 else ''}"
         f"{' --sqlite' if args.sqlite else ''}{' --full-baseline' if args.full_baseline else ''}`.",
         "",
@@ -452,7 +425,7 @@ def main() -> None:
     text_out = "\n".join(lines) + "\n"
     print(text_out)
     if not args.no_doc:
-        _write_doc(text_out)
+        write_section(SECTION, text_out)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import resource
 import subprocess
@@ -27,6 +26,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from benchdoc import machine, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -292,34 +293,6 @@ def _sqlite(directory: Path) -> str:
 # -- report --------------------------------------------------------------------------------
 
 
-def _machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
-        ram = f"{mem_kb / 1024 / 1024:.0f} GiB RAM"
-    except OSError:
-        ram = "unknown RAM"
-    return f"{os.cpu_count()} cores ({cpu}), {ram}, Python {platform.python_version()}"
-
-
-def _write_doc(text: str) -> None:
-    start, end = f"<!-- section:{SECTION} -->", f"<!-- /section:{SECTION} -->"
-    block = f"{start}\n{text.rstrip()}\n{end}\n"
-    current = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
-    if start in current and end in current:
-        before, rest = current.split(start, 1)
-        after = rest.split(end, 1)[1].lstrip("\n")
-        updated = before + block + ("\n" + after if after else "")
-    else:
-        updated = current.rstrip() + "\n\n" + block
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(updated)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--csv-rows", type=int, default=1_000_000)
@@ -354,7 +327,7 @@ def main() -> None:
     lines = [
         "## Contact import (`campaign import`)",
         "",
-        f"Machine: {_machine()}. Load average (1 min) {load_before[0]:.1f} before the run and",
+        f"Machine: {machine()}. Load average (1 min) {load_before[0]:.1f} before the run and",
         f"{load_after[0]:.1f} after it: other jobs shared the two cores, so absolute figures",
         "are low; the importer and the baseline ran under the same conditions.",
         "",
@@ -402,7 +375,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_doc:
-        _write_doc(text)
+        write_section(SECTION, text)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import asyncio
 import base64
 import json
 import os
-import platform
 import re
 import resource
 import socket
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from benchdoc import machine, write_section
 
 from campaigns.enablex.sim_draws import NO_FAULTS
 from campaigns.enablex.sim_profile import Webhooks
@@ -213,34 +213,6 @@ async def timers_vs_tasks(n: int, steps: int = 6) -> dict[str, float]:
 # -- report -------------------------------------------------------------------------------
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
-        ram = f"{mem_kb / 1024 / 1024:.0f} GB RAM"
-    except OSError:
-        ram = "RAM unknown"
-    return f"{os.cpu_count()} cores ({cpu}), {ram}, Python {platform.python_version()}"
-
-
-def write_section(text: str) -> None:
-    start, end = f"<!-- section:{SECTION} -->", f"<!-- /section:{SECTION} -->"
-    block = f"{start}\n{text.rstrip()}\n{end}\n"
-    current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\n"
-    if start in current and end in current:
-        before, rest = current.split(start, 1)
-        after = rest.split(end, 1)[1].lstrip("\n")
-        current = before + block + ("\n" + after if after else "")
-    else:
-        current = current.rstrip() + "\n\n" + block
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(current)
-
-
 def report(
     senders: list[tuple[str, float]],
     e2e: dict[str, Any],
@@ -326,7 +298,7 @@ async def main(quick: bool) -> None:
     text = report(senders, e2e, scale, scheduling, n_timelines)
     print(text)
     if not quick:
-        write_section(text)
+        write_section(SECTION, text)
         print(f"wrote section '{SECTION}' of {DOCS}")
 
 
