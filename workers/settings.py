@@ -6,7 +6,9 @@ settings come from the environment once, at this entry point.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -77,6 +79,20 @@ def make_worker(
     options = worker_options(settings, redis_url, clock=clock)
     options.update(extra)
     return Worker(**options)
+
+
+async def close_worker(worker: Worker) -> None:
+    """Stop an in-process worker (`handle_signals=False`) and run its shutdown.
+
+    arq's `Worker.close()` cancels the running jobs, then gathers them without
+    `return_exceptions`: a job cut off mid-flight raises CancelledError out of `close()`,
+    and `on_shutdown` (closing the apply feed, the engine, the HTTP client) never runs.
+    Here the jobs are cancelled and awaited first. A job cut off is run again later (arq
+    re-queues it; every job is safe to run twice)."""
+    worker.handle_sig(signal.SIGUSR1)
+    await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+    worker.tasks.clear()
+    await worker.close()
 
 
 def __getattr__(name: str) -> Any:

@@ -145,14 +145,14 @@ async def _create_and_start(settings: Settings, toml: Path, now: datetime) -> tu
 async def _worker(
     settings: Settings, redis_url: str, clock: Callable[[], datetime]
 ) -> AsyncIterator[None]:
-    from workers.settings import make_worker
+    from workers.settings import close_worker, make_worker
 
     worker = make_worker(settings, redis_url, clock=clock, handle_signals=False)
     task = asyncio.create_task(worker.async_run(), name="demo-worker")
     try:
         yield
     finally:
-        await worker.close()
+        await close_worker(worker)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 

@@ -135,7 +135,7 @@ async def running_workers(
     settings: Settings, redis_url: str, count: int = 1, *, clock: Callable[[], datetime] = utcnow
 ) -> AsyncIterator[list[Worker]]:
     """`count` real arq workers on one queue, in this event loop; stopped on exit."""
-    from workers.settings import make_worker
+    from workers.settings import close_worker, make_worker
 
     workers = [
         make_worker(settings, redis_url, clock=clock, handle_signals=False) for _ in range(count)
@@ -145,7 +145,7 @@ async def running_workers(
         yield workers
     finally:
         for w in workers:
-            await w.close()
+            await close_worker(w)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
