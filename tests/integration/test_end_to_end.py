@@ -294,6 +294,7 @@ async def test_a_poll_campaign_matches_the_ledger_even_with_webhook_faults(
     assert faulty.table() == clean.table()
 
 
+@pytest.mark.timeout(300)  # about two minutes on SQLite here: over the suite's 120 s default
 async def test_2000_numbers_with_retries_faults_and_a_20_second_outage(
     database_url: str, redis_url: str
 ) -> None:
