@@ -1,11 +1,14 @@
-"""What every benchmark writes into docs/benchmarks.md: the machine, the load, the commit,
-and its own section (between `<!-- section:NAME -->` markers, the rest left as it is)."""
+"""What the benchmarks share: what each writes into docs/benchmarks.md (the machine, the
+load, the commit, its own section between `<!-- section:NAME -->` markers, the rest left as
+it is), and a scratch PostgreSQL database to measure in."""
 
 from __future__ import annotations
 
 import os
 import platform
 import subprocess
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,3 +66,26 @@ def write_section(section: str, body: str) -> None:
         current = current.rstrip() + "\n\n" + block
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(current)
+
+
+def scratch_postgres(server_url: str, prefix: str) -> tuple[str, Callable[[], None]]:
+    """A new database on `server_url`, migrated to head: (its URL, a function that drops it)."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    from campaigns import migrate
+    from campaigns.db import make_engine
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = make_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    migrate.upgrade(url)
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return url, drop

@@ -29,13 +29,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-from benchdoc import machine, write_section
+from benchdoc import machine, scratch_postgres, write_section
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -290,25 +288,6 @@ def measure(kind: str, url: str, campaign_id: int, out: Path) -> dict[str, Any]:
 # -- scaffolding ---------------------------------------------------------------------------
 
 
-def _postgres() -> tuple[str, Any]:
-    from campaigns import migrate
-    from campaigns.db import make_engine
-
-    name = f"export_bench_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    migrate.upgrade(url)
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return url, drop
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -334,7 +313,9 @@ def main() -> None:
     small = max(args.rows // 10, 1)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "results.csv"
-        backends: list[tuple[str, str, Any]] = [("PostgreSQL", *_postgres())]
+        backends: list[tuple[str, str, Any]] = [
+            ("PostgreSQL", *scratch_postgres(POSTGRES_URL, "export_bench"))
+        ]
         if args.sqlite:
             backends.append(("SQLite", f"sqlite:///{tmp}/bench.db", None))
         try:

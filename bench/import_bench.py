@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from benchdoc import machine, write_section
+from benchdoc import machine, scratch_postgres, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -259,29 +259,6 @@ def measure(kind: str, database_url: str, path: Path, limit: int | None = None) 
 # -- databases -----------------------------------------------------------------------------
 
 
-def _postgres() -> tuple[str, Any]:
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
-
-    from campaigns import migrate
-    from campaigns.db import make_engine
-
-    name = f"bench_import_{os.getpid()}"
-    admin = make_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    migrate.upgrade(url)
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return url, drop
-
-
 def _sqlite(directory: Path) -> str:
     from campaigns import migrate
 
@@ -308,7 +285,7 @@ def main() -> None:
         make_csv(csv_path, args.csv_rows)
         make_xlsx(xlsx_path, args.xlsx_rows)
         load_before = os.getloadavg()
-        pg_url, drop = _postgres()
+        pg_url, drop = scratch_postgres(POSTGRES_URL, "bench_import")
         results: list[tuple[str, str, str, dict[str, Any]]] = []
         try:
             for backend, url in (("PostgreSQL", pg_url), ("SQLite", _sqlite(directory))):

@@ -46,7 +46,6 @@ import json
 import os
 import re
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -85,19 +84,14 @@ from dispatch_bench import (
     write_section,
 )
 
+from campaigns.local_redis import free_port
+
 SECTION = "ingest"
 HERE = Path(__file__).resolve()
 EVENTS_PER_CALL = 10
 CHUNK = 500
 TARGET_RATE = 5000
 LATENCY_RATE = 2000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # -- synthetic call lives -------------------------------------------------------------------

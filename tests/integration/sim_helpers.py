@@ -189,13 +189,6 @@ class Receiver:
         return Response(status_code=status)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextlib.asynccontextmanager
 async def serve_app(app: Starlette) -> AsyncIterator[int]:
     """Serve an ASGI app on a free loopback port on the running loop; yields the port."""

@@ -13,7 +13,6 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from campaigns.cli.demo import scaled_clock
 from campaigns.config import Settings
 from campaigns.db import make_engine
 from campaigns.local_redis import free_port
@@ -156,12 +156,6 @@ def _status(database_url: str, campaign_id: int) -> str:
             )
     finally:
         engine.dispose()
-
-
-def scaled_clock(speed: float) -> Callable[[], float]:
-    """Epoch seconds running `speed` times faster than real time from now (as the demo's)."""
-    origin = time.time()
-    return lambda: origin + (time.time() - origin) * speed
 
 
 async def run_campaign(
