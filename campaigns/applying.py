@@ -35,6 +35,7 @@ contradicts the attempt's, is quarantined at once. Quarantined events are never 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -63,9 +64,10 @@ from campaigns.enablex.events import (
     parse_event,
 )
 from campaigns.errors import EnablexRejection, TransientEnablexError, WebhookDecodeError
-from campaigns.models import AttemptState, CallAttempt
-from campaigns.outcomes import campaign_definition, resettle_attempt, settle_attempt
+from campaigns.models import AttemptState
+from campaigns.outcomes import ToSettle, campaign_definition, resettle_attempt, settle_many
 from campaigns.scheduling import Outcome, classify_attempt
+from campaigns.store import calls
 from campaigns.store import events as store
 
 log = logging.getLogger(__name__)
@@ -259,8 +261,31 @@ def commands_to_send(before: list[poll.Action], after: list[poll.Action]) -> lis
     return plays[-1:]
 
 
-def _timed(stored: store.StoredEvent, event: Event) -> TimedEvent:
-    return TimedEvent(event.timestamp or stored.received_at, event, stored.dedupe_key)
+# Parsed events by payload text (content-addressed: never stale, whatever database the
+# text came from). A call's history is read again by every later group of its events.
+_PARSED: dict[tuple[str, str], Event | None] = {}
+PARSE_CACHE_SIZE = 50_000
+
+
+def _parse(payload: str, amd_field: str) -> Event | None:
+    """The event in a stored payload (None: not an event), parsed once per text."""
+    key = (payload, amd_field)
+    try:
+        return _PARSED[key]
+    except KeyError:
+        pass
+    try:
+        event: Event | None = parse_event(json.loads(payload), amd_field=amd_field)
+    except (WebhookDecodeError, ValueError):
+        event = None
+    if len(_PARSED) >= PARSE_CACHE_SIZE:
+        del _PARSED[next(iter(_PARSED))]
+    _PARSED[key] = event
+    return event
+
+
+def _timed(row: calls.EventRow, event: Event) -> TimedEvent:
+    return TimedEvent(event.timestamp or row.received_at, event, row.dedupe_key)
 
 
 def _happening(event: Event) -> poll.Happening | None:
@@ -277,11 +302,11 @@ def _happening(event: Event) -> poll.Happening | None:
     return None
 
 
-def progress_of(attempt: CallAttempt) -> poll.Progress:
+def progress_of(attempt: calls.AttemptRow) -> poll.Progress:
     return poll.Progress.of(attempt.ivr_state, attempt.poll_step, attempt.poll_tries)
 
 
-def outcome_of(attempt: CallAttempt, defn: CampaignDefinition) -> Outcome:
+def outcome_of(attempt: calls.AttemptRow, defn: CampaignDefinition) -> Outcome:
     """The outcome of an ended attempt, from its facts and its IVR progress."""
     facts = poll.call_facts(defn, progress_of(attempt))
     return classify_attempt(
@@ -296,7 +321,7 @@ def outcome_of(attempt: CallAttempt, defn: CampaignDefinition) -> Outcome:
     )
 
 
-def settle_ready(attempt: CallAttempt) -> bool:
+def settle_ready(attempt: calls.AttemptRow) -> bool:
     """Whether an ended attempt can be settled now, before the grace period: when no
     reordered event could change its outcome. A call never answered (no-answer, busy...)
     is final; an answered one only once its IVR reached an end (closing, opt-out,
@@ -307,48 +332,68 @@ def settle_ready(attempt: CallAttempt) -> bool:
     return poll.finished(progress_of(attempt))
 
 
-async def _settle(
-    session: AsyncSession, attempt: CallAttempt, defn: CampaignDefinition, now: datetime
-) -> bool:
-    outcome = outcome_of(attempt, defn)
-    await session.flush()
-    decision = await settle_attempt(session, attempt_id=attempt.id, outcome=outcome, now=now)
-    return decision is not None
+def _to_settle(
+    attempt: calls.AttemptRow, defn: CampaignDefinition, campaign_status: str
+) -> ToSettle:
+    return ToSettle(
+        attempt_id=attempt.id,
+        recipient_id=attempt.recipient_id,
+        attempt_no=attempt.attempt_no,
+        ended_at=attempt.ended_at,
+        outcome=outcome_of(attempt, defn),
+        campaign_status=campaign_status,
+        definition=defn,
+        time_zones=attempt.time_zones,
+    )
+
+
+@dataclass
+class _Writes:
+    """What a group's folds write, gathered so that each kind is one statement."""
+
+    answers: list[dict[str, Any]] = field(default_factory=list)
+    drop_answers: dict[int, list[str]] = field(default_factory=dict)  # attempt → keys kept
+    opt_outs: list[tuple[str, int]] = field(default_factory=list)  # phone, campaign id
 
 
 async def apply_events(
     session: AsyncSession, event_ids: list[int], *, now: datetime, config: ApplyConfig
 ) -> ApplyResult:
-    """Apply the given stored events (those not applied yet), in the caller's transaction."""
+    """Apply the given stored events (those not applied yet), in the caller's transaction.
+
+    A fixed number of statements per call, whatever the number of events: claim, match,
+    lock the attempts, read the calls' history, then one write per kind (attempts,
+    answers, settling, applied marks)."""
     result = ApplyResult()
     if not event_ids:
         return result
-    await store.lock_unapplied(session, event_ids)
-    stored = await store.load_unapplied(session, event_ids)
+    stored = await calls.claim_unapplied(session, event_ids)
     if not stored:
         return result
-    parsed: list[tuple[store.StoredEvent, Event]] = []
+    parsed: list[tuple[calls.EventRow, Event]] = []
     quarantined: dict[str, list[int]] = defaultdict(list)
     for row in stored:
-        try:
-            parsed.append((row, parse_event(row.payload, amd_field=config.amd_field)))
-        except WebhookDecodeError:
+        event = _parse(row.payload, config.amd_field)
+        if event is None:
             quarantined["stored payload is not an event"].append(row.id)
+        else:
+            parsed.append((row, event))
 
     by_voice = await store.attempt_ids_by_voice(
         session, [e.voice_id for _, e in parsed if e.voice_id]
     )
+    unmatched = [e for _, e in parsed if e.voice_id not in by_voice]
     broadcasts = await store.known_broadcasts(
-        session, [e.broadcast_id for _, e in parsed if e.broadcast_id]
+        session, [e.broadcast_id for e in unmatched if e.broadcast_id]
     )
     pairs = {
         (broadcasts[e.broadcast_id], e.to_number)
-        for _, e in parsed
-        if e.voice_id not in by_voice and e.broadcast_id in broadcasts and e.to_number
+        for e in unmatched
+        if e.broadcast_id in broadcasts and e.to_number
     }
     by_pair = await store.attempt_ids_by_batch_phone(session, pairs)
 
-    work: dict[int, list[tuple[store.StoredEvent, Event]]] = defaultdict(list)
+    work: dict[int, list[tuple[calls.EventRow, Event]]] = defaultdict(list)
     done_ids: list[int] = []
     for row, event in parsed:
         attempt_id = by_voice.get(event.voice_id or "")
@@ -366,7 +411,7 @@ async def apply_events(
         else:
             result.waiting.append(row.id)
 
-    attempts = await store.lock_attempts(session, work)
+    attempts = await calls.lock_attempt_rows(session, work)
     for attempt in attempts:  # a second call on one attempt's number: never applied
         mine = attempt.voice_id or next(e.voice_id for _, e in work[attempt.id] if e.voice_id)
         for row, event in work[attempt.id]:
@@ -379,67 +424,78 @@ async def apply_events(
         result.quarantined += len(ids)
         log.warning("quarantined %d event(s): %s", len(ids), reason)
 
-    definitions = {
-        cid: campaign_definition(cid, data)
-        for cid, data in (
-            await store.campaign_definitions(session, {a.campaign_id for a in attempts})
-        ).items()
-    }
-    history = await store.applied_events_of_calls(
-        session, [a.voice_id for a in attempts if a.voice_id]
-    )
-    broadcast_of = await store.broadcast_ids_of_batches(session, {a.batch_id for a in attempts})
+    campaigns = await calls.campaign_states(session, {a.campaign_id for a in attempts})
+    definitions = {cid: campaign_definition(cid, text) for cid, (_, text) in campaigns.items()}
+    history = await calls.history_of_calls(session, [a.voice_id for a in attempts if a.voice_id])
     personal = [
         a.recipient_id for a in attempts if poll.needs_attributes(definitions[a.campaign_id])
     ]
     attributes = await store.contact_attributes(session, personal)
+    writes = _Writes()
+    to_settle: list[ToSettle] = []
+    late: list[calls.AttemptRow] = []
     for attempt in attempts:
         defn = definitions[attempt.campaign_id]
         past = [
-            _timed(r, parse_event(r.payload, amd_field=config.amd_field))
+            _timed(r, e)
             for r in history.get(attempt.voice_id or "", [])
+            if (e := _parse(r.payload, config.amd_field)) is not None
         ]
         new = [_timed(r, e) for r, e in work[attempt.id]]
         done_ids += [r.id for r, _ in work[attempt.id]]
         contact = attributes.get(attempt.recipient_id, {})
         before = fold_call(defn, past, contact)
         after = fold_call(defn, past + new, contact)
-        await _write_fold(session, attempt, before, after, now, result)
-        broadcast_id = broadcast_of.get(attempt.batch_id)
-        if attempt.state != AttemptState.ENDED and broadcast_id and attempt.voice_id:
+        _write_fold(attempt, before, after, writes, result)
+        if attempt.state != AttemptState.ENDED and attempt.broadcast_id and attempt.voice_id:
             for action in commands_to_send(before.actions, after.actions):
                 play = action.spec if isinstance(action, poll.Play) else None
-                result.commands.append(Command(attempt.id, broadcast_id, attempt.voice_id, play))
+                result.commands.append(
+                    Command(attempt.id, attempt.broadcast_id, attempt.voice_id, play)
+                )
         if attempt.state == AttemptState.ENDED and attempt.settled_at is None:
             if settle_ready(attempt):
-                result.settled += await _settle(session, attempt, defn, now)
+                to_settle.append(_to_settle(attempt, defn, campaigns[attempt.campaign_id][0]))
             else:
                 result.settle_later.append(attempt.id)
-        elif attempt.settled_at is not None and after.state == AttemptState.ENDED and new:
-            # Settled already, and the call's own events say it ended: late facts may
+        elif (
+            attempt.settled_at is not None
+            and after.state == AttemptState.ENDED
+            and new
+            and outcome_of(attempt, defn).value != attempt.outcome
+        ):
+            # Settled already, and the call's own events say it ended: late facts
             # correct the outcome.
-            late = outcome_of(attempt, defn)
-            if late.value != attempt.outcome:
-                await session.flush()
-                decision = await resettle_attempt(
-                    session, attempt_id=attempt.id, outcome=late, now=now
-                )
-                result.resettled += decision is not None
-    await session.flush()
+            late.append(attempt)
+    await calls.write_attempts(session, attempts)
+    for attempt_id, keep in writes.drop_answers.items():
+        await store.delete_answers_except(session, attempt_id, keep)
+    await calls.upsert_answers(session, writes.answers)
+    for phone, campaign_id in writes.opt_outs:
+        await store.add_opt_out(session, phone, now, f"opt-out digit, campaign {campaign_id}")
+    result.settled = await settle_many(session, to_settle, now)
+    for attempt in late:
+        decision = await resettle_attempt(
+            session,
+            attempt_id=attempt.id,
+            outcome=outcome_of(attempt, definitions[attempt.campaign_id]),
+            now=now,
+        )
+        result.resettled += decision is not None
     await store.mark_applied(session, done_ids, now)
     result.applied = len(done_ids)
     return result
 
 
-async def _write_fold(
-    session: AsyncSession,
-    attempt: CallAttempt,
+def _write_fold(
+    attempt: calls.AttemptRow,
     before: CallFold,
     after: CallFold,
-    now: datetime,
+    writes: _Writes,
     result: ApplyResult,
 ) -> None:
-    """Write the fold of all the call's events onto the attempt, its answers and the DNC."""
+    """Put the fold of all the call's events onto the attempt; gather its answers and
+    opt-out for the group's writes."""
     if _STATE_RANK[after.state] >= _STATE_RANK.get(attempt.state, 0) and after.state:
         attempt.state = after.state
     attempt.started_at = after.started_at or attempt.started_at
@@ -455,42 +511,45 @@ async def _write_fold(
         # What the call's earlier events gave is stored already (they were folded and
         # written by an earlier apply, under the same attempt lock): write the difference.
         if set(before.answers) - set(after.answers):
-            await store.delete_answers_except(session, attempt.id, after.answers)
+            writes.drop_answers[attempt.id] = list(after.answers)
         for key, (answer, when) in after.answers.items():
             if before.answers.get(key) == (answer, when):
                 continue
-            await store.upsert_answer(
-                session,
-                attempt_id=attempt.id,
-                recipient_id=attempt.recipient_id,
-                question_key=answer.question_key,
-                input_kind=answer.input_kind,
-                raw=answer.raw,
-                confidence=answer.confidence,
-                label=answer.label,
-                valid=answer.valid,
-                received_at=when,
+            writes.answers.append(
+                {
+                    "attempt_id": attempt.id,
+                    "recipient_id": attempt.recipient_id,
+                    "question_key": answer.question_key,
+                    "input_kind": answer.input_kind,
+                    "raw": answer.raw,
+                    "confidence": answer.confidence,
+                    "label": answer.label,
+                    "valid": answer.valid,
+                    "received_at": when,
+                }
             )
             result.answers += 1
     if after.opted_out and not before.opted_out:
-        await store.add_opt_out(
-            session, attempt.phone, now, f"opt-out digit, campaign {attempt.campaign_id}"
-        )
+        writes.opt_outs.append((attempt.phone, attempt.campaign_id))
 
 
 async def settle_attempts(session: AsyncSession, attempt_ids: list[int], *, now: datetime) -> int:
     """Settle ended attempts that waited for a grace period (whatever arrived since)."""
     attempts = [
         a
-        for a in await store.lock_attempts(session, attempt_ids)
+        for a in await calls.lock_attempt_rows(session, attempt_ids)
         if a.state == AttemptState.ENDED and a.settled_at is None
     ]
-    data = await store.campaign_definitions(session, {a.campaign_id for a in attempts})
-    settled = 0
-    for attempt in attempts:
-        defn = campaign_definition(attempt.campaign_id, data[attempt.campaign_id])
-        settled += await _settle(session, attempt, defn, now)
-    return settled
+    campaigns = await calls.campaign_states(session, {a.campaign_id for a in attempts})
+    items = [
+        _to_settle(
+            a,
+            campaign_definition(a.campaign_id, campaigns[a.campaign_id][1]),
+            campaigns[a.campaign_id][0],
+        )
+        for a in attempts
+    ]
+    return await settle_many(session, items, now)
 
 
 async def settle_overdue(

@@ -7,12 +7,15 @@ once; a second call is a no-op. Only the recipient's latest attempt can move the
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from campaigns.definition import CampaignDefinition, definition_from_json
@@ -25,22 +28,24 @@ from campaigns.models import (
     RecipientStatus,
 )
 from campaigns.scheduling import Decision, Outcome, decide_after_attempt, zones_of
+from campaigns.store.calls import update_rows
 
 log = logging.getLogger(__name__)
+
+_ATTEMPT = cast(Table, CallAttempt.__table__)
+_RECIPIENT = cast(Table, Recipient.__table__)
 
 
 @lru_cache(maxsize=256)
 def _definition(campaign_id: int, frozen: str) -> CampaignDefinition:
-    import json
-
     return definition_from_json(json.loads(frozen))
 
 
-def campaign_definition(campaign_id: int, data: dict[str, Any]) -> CampaignDefinition:
-    """The parsed, frozen definition of a campaign (cached: it never changes once started)."""
-    import json
-
-    return _definition(campaign_id, json.dumps(data, sort_keys=True))
+def campaign_definition(campaign_id: int, data: dict[str, Any] | str) -> CampaignDefinition:
+    """The parsed, frozen definition of a campaign, from its JSON (a dict, or the text as
+    stored: cheaper, no re-serialising); cached, as it never changes once started."""
+    frozen = data if isinstance(data, str) else json.dumps(data, sort_keys=True)
+    return _definition(campaign_id, frozen)
 
 
 async def settle_attempt(
@@ -125,24 +130,104 @@ async def _decide(
             select(Campaign.status, Campaign.definition).where(Campaign.id == campaign_id)
         )
     ).one()
-    recipient = (
-        await session.execute(
-            select(Recipient.attempts, Recipient.time_zones).where(Recipient.id == recipient_id)
-        )
-    ).one()
+    time_zones = (
+        await session.execute(select(Recipient.time_zones).where(Recipient.id == recipient_id))
+    ).scalar_one()
     definition = campaign_definition(campaign_id, campaign.definition)
-    if campaign.status == CampaignStatus.CANCELLED:
+    return decision_for(outcome, attempt_no, campaign.status, definition, time_zones, ended_at)
+
+
+def decision_for(
+    outcome: Outcome,
+    attempt_no: int,
+    campaign_status: str,
+    definition: CampaignDefinition,
+    time_zones: str | None,
+    ended_at: datetime,
+) -> Decision:
+    """The retry rules, given what they depend on (pure)."""
+    if campaign_status == CampaignStatus.CANCELLED:
         return Decision(status="cancelled", next_attempt_at=None, final_outcome=outcome.value)
     return decide_after_attempt(
         outcome=outcome,
         attempts_made=attempt_no,
         retry=definition.retry,
         window=definition.window,
-        zones=zones_of(recipient.time_zones, definition.window),
+        zones=zones_of(time_zones, definition.window),
         ended_at=ended_at,
         retry_incomplete=bool(definition.poll and definition.poll.retry_incomplete),
         end_date=definition.end_date,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ToSettle:
+    """An ended, unsettled attempt (locked by the caller) and what its decision needs."""
+
+    attempt_id: int
+    recipient_id: int
+    attempt_no: int
+    ended_at: datetime | None
+    outcome: Outcome
+    campaign_status: str
+    definition: CampaignDefinition
+    time_zones: str | None
+
+
+async def settle_many(session: AsyncSession, items: Sequence[ToSettle], now: datetime) -> int:
+    """`settle_attempt` for many attempts at once, in two statements: the attempts'
+    outcomes, then their recipients' decisions. The caller holds the attempts'
+    locks and has seen them unsettled; the conditions are kept all the same, so a second
+    run settles nothing twice. Returns how many attempts were settled."""
+    if not items:
+        return 0
+    settled = await update_rows(
+        session,
+        _ATTEMPT,
+        [
+            {
+                "id": i.attempt_id,
+                "settled_at": now,
+                "outcome": i.outcome.value,
+                "state": str(AttemptState.ENDED),
+                "ended_at": i.ended_at or now,
+            }
+            for i in items
+        ],
+        match=("id",),
+        where=(_ATTEMPT.c.settled_at.is_(None),),
+    )
+    moves = []
+    for item in items:
+        decision = decision_for(
+            item.outcome,
+            item.attempt_no,
+            item.campaign_status,
+            item.definition,
+            item.time_zones,
+            item.ended_at or now,
+        )
+        moves.append(
+            {
+                "id": item.recipient_id,
+                "attempts": item.attempt_no,
+                "status": str(decision.status),
+                "next_attempt_at": decision.next_attempt_at,
+                "last_outcome": item.outcome.value,
+                "final_outcome": decision.final_outcome,
+                "updated_at": now,
+            }
+        )
+    moved = await update_rows(
+        session,
+        _RECIPIENT,
+        moves,
+        match=("id", "attempts"),
+        where=(_RECIPIENT.c.status == RecipientStatus.IN_FLIGHT,),
+    )
+    if moved < settled:
+        log.warning("%d settled attempt(s) whose recipient had moved on", settled - moved)
+    return settled
 
 
 async def resettle_attempt(
