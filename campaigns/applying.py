@@ -39,7 +39,7 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -223,8 +223,19 @@ def fold_call(
     they were delivered in and however many times.
     """
     fold = CallFold()
-    seen: set[str] = set()
-    for item in sorted(events, key=lambda e: order_key(defn, e)):
+    _fold_into(defn, fold, set(), sorted(events, key=lambda e: order_key(defn, e)), attributes)
+    return fold
+
+
+def _fold_into(
+    defn: CampaignDefinition,
+    fold: CallFold,
+    seen: set[str],
+    ordered: Iterable[TimedEvent],
+    attributes: Mapping[str, Any],
+) -> None:
+    """Fold events, in the order they happened, into `fold` (`seen`: the keys folded)."""
+    for item in ordered:
         if item.key in seen or isinstance(item.event, UnknownEvent | BroadcastComplete):
             continue
         seen.add(item.key)
@@ -243,7 +254,94 @@ def fold_call(
             if turn.answer is not None:
                 fold.answers[turn.answer.question_key] = (turn.answer, item.when)
             fold.opted_out |= turn.opted_out
-    return fold
+
+
+@dataclass(frozen=True)
+class _Folded:
+    """A call's fold over a known set of events, kept to extend with the next ones."""
+
+    events: frozenset[tuple[str, datetime]]  # (payload text, received_at): what it holds
+    defn: CampaignDefinition
+    attributes: Mapping[str, Any]
+    fold: CallFold
+    seen: frozenset[str]
+    last: tuple[Any, ...] | None  # order key of the latest event folded
+
+
+# The latest fold of each call this process applied events to (bounded, oldest out).
+_FOLDS: dict[str, _Folded] = {}
+FOLD_CACHE_SIZE = 20_000
+
+
+def _extend(
+    defn: CampaignDefinition, base: _Folded, new: list[TimedEvent], attributes: Mapping[str, Any]
+) -> tuple[CallFold, frozenset[str], tuple[Any, ...] | None] | None:
+    """`base` folded on with `new`, when every new event happened after all of its
+    events (the usual case: the fold then equals folding everything again); else None."""
+    keys = [(order_key(defn, e), e) for e in new]
+    keys.sort(key=lambda k: k[0])
+    if base.last is not None and keys and keys[0][0] <= base.last:
+        return None
+    fold = replace(base.fold, answers=dict(base.fold.answers), actions=list(base.fold.actions))
+    seen = set(base.seen)
+    _fold_into(defn, fold, seen, (e for _, e in keys), attributes)
+    return fold, frozenset(seen), keys[-1][0] if keys else base.last
+
+
+def _fold_both(
+    defn: CampaignDefinition,
+    voice_id: str,
+    past_rows: list[calls.EventRow],
+    new_rows: list[tuple[calls.EventRow, Event]],
+    attributes: Mapping[str, Any],
+    amd_field: str,
+) -> tuple[CallFold, CallFold]:
+    """The call's fold before and after the new events.
+
+    Equal to `fold_call` over the history and over history + new, but cheaper: the fold
+    this process made when it last applied events of this call is reused when the call's
+    history in the database is exactly what that fold holds (checked by content), and
+    extended with the new events when they all happened after it."""
+    history = frozenset((r.payload, r.received_at) for r in past_rows)
+    new = [_timed(r, e) for r, e in new_rows]
+    memo = _FOLDS.get(voice_id)
+    extended = None
+    if (
+        memo is not None
+        and memo.events == history
+        and memo.defn is defn
+        and memo.attributes == attributes
+    ):
+        before = memo.fold
+        extended = _extend(defn, memo, new, attributes)
+    else:
+        past = [_timed(r, e) for r in past_rows if (e := _parse(r.payload, amd_field)) is not None]
+        ordered = sorted(past, key=lambda e: order_key(defn, e))
+        before = CallFold()
+        seen: set[str] = set()
+        _fold_into(defn, before, seen, ordered, attributes)
+        last = order_key(defn, ordered[-1]) if ordered else None
+        memo = _Folded(history, defn, dict(attributes), before, frozenset(seen), last)
+        extended = _extend(defn, memo, new, attributes)
+    if extended is None:  # a new event happened before one folded already: fold it all
+        past = [_timed(r, e) for r in past_rows if (e := _parse(r.payload, amd_field)) is not None]
+        everything = sorted(past + new, key=lambda e: order_key(defn, e))
+        after = CallFold()
+        seen_all: set[str] = set()
+        _fold_into(defn, after, seen_all, everything, attributes)
+        extended = (after, frozenset(seen_all), order_key(defn, everything[-1]))
+    after, seen_after, last_after = extended
+    if len(_FOLDS) >= FOLD_CACHE_SIZE and voice_id not in _FOLDS:
+        del _FOLDS[next(iter(_FOLDS))]
+    _FOLDS[voice_id] = _Folded(
+        history | {(r.payload, r.received_at) for r, _ in new_rows},
+        defn,
+        dict(attributes),
+        after,
+        seen_after,
+        last_after,
+    )
+    return before, after
 
 
 def commands_to_send(before: list[poll.Action], after: list[poll.Action]) -> list[poll.Action]:
@@ -379,7 +477,7 @@ async def apply_events(
         else:
             parsed.append((row, event))
 
-    by_voice = await store.attempt_ids_by_voice(
+    by_voice = await calls.attempt_ids_by_voice(
         session, [e.voice_id for _, e in parsed if e.voice_id]
     )
     unmatched = [e for _, e in parsed if e.voice_id not in by_voice]
@@ -436,16 +534,17 @@ async def apply_events(
     late: list[calls.AttemptRow] = []
     for attempt in attempts:
         defn = definitions[attempt.campaign_id]
-        past = [
-            _timed(r, e)
-            for r in history.get(attempt.voice_id or "", [])
-            if (e := _parse(r.payload, config.amd_field)) is not None
-        ]
-        new = [_timed(r, e) for r, e in work[attempt.id]]
-        done_ids += [r.id for r, _ in work[attempt.id]]
-        contact = attributes.get(attempt.recipient_id, {})
-        before = fold_call(defn, past, contact)
-        after = fold_call(defn, past + new, contact)
+        new_rows = work[attempt.id]
+        done_ids += [r.id for r, _ in new_rows]
+        before, after = _fold_both(
+            defn,
+            attempt.voice_id or "",
+            history.get(attempt.voice_id or "", []),
+            new_rows,
+            attributes.get(attempt.recipient_id, {}),
+            config.amd_field,
+        )
+        new = bool(new_rows)
         _write_fold(attempt, before, after, writes, result)
         if attempt.state != AttemptState.ENDED and attempt.broadcast_id and attempt.voice_id:
             for action in commands_to_send(before.actions, after.actions):
@@ -482,7 +581,7 @@ async def apply_events(
             now=now,
         )
         result.resettled += decision is not None
-    await store.mark_applied(session, done_ids, now)
+    await calls.mark_applied(session, done_ids, now)
     result.applied = len(done_ids)
     return result
 

@@ -10,15 +10,16 @@ caller owns the transaction.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Dialect, Table, Text, bindparam, select, update
+from sqlalchemy import ColumnElement, Dialect, Table, Text, any_, bindparam, select, update
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from campaigns.models import Answer, Batch, CallAttempt, Campaign, Recipient, WebhookEvent
@@ -112,6 +113,20 @@ _FOLD_COLUMNS = (
 )
 
 
+def _among(session: AsyncSession, column: Any, values: Iterable[Any]) -> ColumnElement[bool]:
+    """`column IN values`. On PostgreSQL as `= ANY(one array parameter)`: the statement is
+    compiled once and cached, however many values (an IN list is rendered anew for every
+    execution)."""
+    wanted = list(values)
+    if _dialect(session) == "postgresql":
+        array = ARRAY(column.type)
+        return cast(
+            ColumnElement[bool],
+            column == any_(sql_cast(bindparam(None, wanted, type_=array), array)),
+        )
+    return cast(ColumnElement[bool], column.in_(wanted))
+
+
 async def claim_unapplied(session: AsyncSession, ids: Sequence[int]) -> list[EventRow]:
     """Lock the events not applied (nor quarantined) yet and return them, in id order:
     SELECT ... FOR UPDATE on PostgreSQL (an event another worker is applying waits for its
@@ -121,7 +136,7 @@ async def claim_unapplied(session: AsyncSession, ids: Sequence[int]) -> list[Eve
     if not ids:
         return []
     unapplied = (
-        _EVENT.c.id.in_(ids),
+        _among(session, _EVENT.c.id, ids),
         _EVENT.c.applied_at.is_(None),
         _EVENT.c.quarantined.is_(False),
     )
@@ -143,7 +158,7 @@ async def history_of_calls(
         return {}
     rows = await session.execute(
         select(*_EVENT_COLUMNS).where(
-            _EVENT.c.voice_id.in_(wanted),
+            _among(session, _EVENT.c.voice_id, wanted),
             _EVENT.c.applied_at.is_not(None),
             _EVENT.c.quarantined.is_(False),
         )
@@ -153,6 +168,28 @@ async def history_of_calls(
         event = EventRow(*row)
         out.setdefault(event.voice_id or "", []).append(event)
     return out
+
+
+async def attempt_ids_by_voice(session: AsyncSession, voice_ids: Iterable[str]) -> dict[str, int]:
+    """voice_id → attempt id, for the calls whose voice_id is recorded."""
+    wanted = list(set(voice_ids))
+    if not wanted:
+        return {}
+    rows = await session.execute(
+        select(_ATTEMPT.c.voice_id, _ATTEMPT.c.id).where(
+            _among(session, _ATTEMPT.c.voice_id, wanted)
+        )
+    )
+    return {str(v): int(i) for v, i in rows.all()}
+
+
+async def mark_applied(session: AsyncSession, ids: Sequence[int], now: datetime) -> None:
+    if ids:
+        await session.execute(
+            update(_EVENT)
+            .where(_among(session, _EVENT.c.id, ids))
+            .values(applied_at=now, error=None)
+        )
 
 
 async def lock_attempt_rows(session: AsyncSession, attempt_ids: Iterable[int]) -> list[AttemptRow]:
@@ -170,7 +207,7 @@ async def lock_attempt_rows(session: AsyncSession, attempt_ids: Iterable[int]) -
         .select_from(_ATTEMPT)
         .join(Batch.__table__, Batch.__table__.c.id == _ATTEMPT.c.batch_id)
         .join(Recipient.__table__, Recipient.__table__.c.id == _ATTEMPT.c.recipient_id)
-        .where(_ATTEMPT.c.id.in_(ids))
+        .where(_among(session, _ATTEMPT.c.id, ids))
         .order_by(_ATTEMPT.c.id)
     )
     if _dialect(session) == "postgresql":
@@ -188,7 +225,7 @@ async def campaign_states(
     table = Campaign.__table__
     rows = await session.execute(
         select(table.c.id, table.c.status, sql_cast(table.c.definition, Text)).where(
-            table.c.id.in_(wanted)
+            _among(session, table.c.id, wanted)
         )
     )
     return {int(i): (str(status), str(text)) for i, status, text in rows.all()}
@@ -204,20 +241,29 @@ async def update_rows(
 ) -> int:
     """UPDATE many rows of `table`, each with its own values, in one statement: a row's
     `match` columns pick the table row (with the extra conditions `where`), its other
-    columns are set. PostgreSQL: UPDATE ... FROM (VALUES ...), sent straight to the
-    driver (no compiling per call: the SQL text is cached per shape); SQLite (in-process,
-    no round trips): an executemany. Returns the number of rows updated."""
+    columns are set. PostgreSQL: UPDATE ... FROM json_to_recordset(one JSON parameter),
+    the same short SQL whatever the number of rows, sent straight to the driver; SQLite
+    (in-process, no round trips): an executemany. Returns the number of rows updated."""
     if not rows:
         return 0
     columns = tuple(rows[0])
     sets = [c for c in columns if c not in match]
     if _dialect(session) == "postgresql":
         conn = await session.connection()
-        sql = _values_update_sql(
-            conn.dialect, table, columns, tuple(match), tuple(where), len(rows)
+        conditions = tuple(
+            str(w.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+            for w in where
         )
-        params = tuple(_plain(r[c]) for r in rows for c in columns)
-        return int((await conn.exec_driver_sql(sql, params)).rowcount)
+        key = ("update", table.name, columns, tuple(match), conditions)
+        sql = _SQL.get(key)
+        if sql is None:
+            on = [f"{table.name}.{c} = v.{c}" for c in match] + list(conditions)
+            sql = _SQL[key] = (
+                f"UPDATE {table.name} SET {', '.join(f'{c} = v.{c}' for c in sets)} "
+                f"FROM {_recordset(conn.dialect, table, columns)} WHERE {' AND '.join(on)}"
+            )
+        updated = await conn.exec_driver_sql(sql, (_json_rows(rows),))
+        return int(updated.rowcount)
     stmt = (
         update(table)
         .where(*(table.c[c] == bindparam(f"m_{c}") for c in match), *where)
@@ -230,41 +276,24 @@ async def update_rows(
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-def _plain(value: Any) -> Any:
-    """A value as the driver takes it (our string enums as plain text)."""
-    return str(value) if isinstance(value, StrEnum) else value
+# SQL text built once per shape (table, columns, conditions).
+_SQL: dict[tuple[Any, ...], str] = {}
 
 
-_SQL_CACHE: dict[tuple[Any, ...], str] = {}
+def _recordset(dialect: Dialect, table: Table, columns: Sequence[str]) -> str:
+    """PostgreSQL: the rows of a JSON array parameter as a typed derived table `v`."""
+    typed = ", ".join(f"{c} {table.c[c].type.compile(dialect=dialect)}" for c in columns)
+    return f"json_to_recordset(CAST(%s AS json)) AS v({typed})"
 
 
-def _values_update_sql(
-    dialect: Dialect,
-    table: Table,
-    columns: tuple[str, ...],
-    match: tuple[str, ...],
-    where: tuple[ColumnElement[bool], ...],
-    count: int,
-) -> str:
-    conditions = tuple(
-        str(w.compile(dialect=dialect, compile_kwargs={"literal_binds": True})) for w in where
-    )
-    key = (table.name, columns, match, conditions, count)
-    sql = _SQL_CACHE.get(key)
-    if sql is None:
-        types = {c: table.c[c].type.compile(dialect=dialect) for c in columns}
-        row = "(" + ", ".join(["%s"] * len(columns)) + ")"
-        sets = ", ".join(f"{c} = CAST(v.{c} AS {types[c]})" for c in columns if c not in match)
-        on = [f"{table.name}.{c} = CAST(v.{c} AS {types[c]})" for c in match]
-        sql = (
-            f"UPDATE {table.name} SET {sets} "
-            f"FROM (VALUES {', '.join([row] * count)}) AS v ({', '.join(columns)}) "
-            f"WHERE {' AND '.join(on + list(conditions))}"
-        )
-        if len(_SQL_CACHE) > 1000:
-            _SQL_CACHE.clear()
-        _SQL_CACHE[key] = sql
-    return sql
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def _json_rows(rows: Sequence[Mapping[str, Any]]) -> str:
+    return json.dumps(rows, default=_json_default)
 
 
 async def write_attempts(session: AsyncSession, attempts: Sequence[AttemptRow]) -> None:
@@ -282,26 +311,24 @@ _ANSWER_UPDATES = ("input_kind", "raw", "confidence", "label", "valid", "receive
 
 async def upsert_answers(session: AsyncSession, answers: Sequence[dict[str, Any]]) -> None:
     """Answers, one per (attempt, question): a later write for the same question replaces
-    it. One INSERT ... ON CONFLICT DO UPDATE for the whole group on PostgreSQL (each
-    (attempt, question) at most once in `answers`; the SQL text cached per row count), an
+    it. One INSERT ... SELECT FROM json_to_recordset ... ON CONFLICT DO UPDATE for the
+    whole group on PostgreSQL (each (attempt, question) at most once in `answers`), an
     executemany on SQLite."""
     if not answers:
         return
     if _dialect(session) == "postgresql":
+        conn = await session.connection()
         columns = tuple(answers[0])
-        key = ("answer-upsert", columns, len(answers))
-        sql = _SQL_CACHE.get(key)
+        key = ("answer-upsert", columns)
+        sql = _SQL.get(key)
         if sql is None:
-            row = "(" + ", ".join(["%s"] * len(columns)) + ")"
-            sql = (
-                f"INSERT INTO answer ({', '.join(columns)}) VALUES "
-                + ", ".join([row] * len(answers))
-                + " ON CONFLICT (attempt_id, question_key) DO UPDATE SET "
+            sql = _SQL[key] = (
+                f"INSERT INTO answer ({', '.join(columns)}) SELECT {', '.join(columns)} "
+                f"FROM {_recordset(conn.dialect, _ANSWER, columns)} "
+                "ON CONFLICT (attempt_id, question_key) DO UPDATE SET "
                 + ", ".join(f"{c} = EXCLUDED.{c}" for c in _ANSWER_UPDATES)
             )
-            _SQL_CACHE[key] = sql
-        conn = await session.connection()
-        await conn.exec_driver_sql(sql, tuple(_plain(a[c]) for a in answers for c in columns))
+        await conn.exec_driver_sql(sql, (_json_rows(answers),))
         return
     stmt = sqlite.insert(_ANSWER)
     stmt = stmt.on_conflict_do_update(
