@@ -141,7 +141,9 @@ async def claim_unapplied(session: AsyncSession, ids: Sequence[int]) -> list[Eve
         _EVENT.c.quarantined.is_(False),
     )
     if _dialect(session) == "postgresql":  # row locks, no new row versions
-        stmt: Any = select(*_EVENT_COLUMNS).where(*unapplied).with_for_update()
+        stmt: Any = (
+            select(*_EVENT_COLUMNS).where(*unapplied).order_by(_EVENT.c.id).with_for_update()
+        )
     else:
         stmt = update(_EVENT).where(*unapplied).values(error=_EVENT.c.error)
         stmt = stmt.returning(*_EVENT_COLUMNS)

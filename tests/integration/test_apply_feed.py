@@ -1,0 +1,81 @@
+"""The workers' apply feed: groups of stored event ids pushed by the ingester, popped and
+applied at once; groups already waiting are merged into one apply (real Redis and
+database, the worker's own `ApplyFeed`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from dataclasses import replace
+from datetime import timedelta
+
+from arq.connections import RedisSettings, create_pool
+from sqlalchemy import func, select
+
+from campaigns.config import Settings
+from campaigns.db import make_async_engine
+from campaigns.models import WebhookEvent, utcnow
+from campaigns.store import events as store
+from campaigns.webhooks import feed_key
+from workers.context import build_deps, close_deps
+from workers.event_jobs import APPLY_GROUP, ApplyFeed
+
+
+def _event(i: int) -> store.NewEvent:
+    voice_id = f"never-submitted-{uuid.uuid4().hex[:8]}-{i}"
+    payload = {
+        "voice_id": voice_id,
+        "broadcast_id": "b-unknown",
+        "state": "connected",
+        "from": "12025550100",
+        "to": "12025550123",
+        "timestamp": "2024-05-01T10:52:10.000Z",
+    }
+    return store.NewEvent(
+        dedupe_key=voice_id,
+        voice_id=voice_id,
+        broadcast_id="b-unknown",
+        payload=payload,
+        received_at=utcnow() - timedelta(hours=1),
+    )
+
+
+async def test_waiting_groups_are_merged_into_one_apply_and_none_is_lost(
+    database_url: str, redis_url: str
+) -> None:
+    settings = replace(
+        Settings(database_url=database_url, redis_url=redis_url),
+        queue_name=f"test-feed-{uuid.uuid4().hex[:8]}",
+        early_event_timeout_seconds=1,  # events of broadcasts never submitted: quarantined
+    )
+    engine = make_async_engine(database_url)
+    async with engine.begin() as conn:
+        ids = await store.insert_events(conn, [_event(i) for i in range(APPLY_GROUP + 10)])
+    await engine.dispose()
+    small, big = ids[:10], ids[10:]
+    redis = await create_pool(RedisSettings.from_dsn(redis_url))
+    key = feed_key(settings.queue_name)
+    # Five small groups wait on the feed, then one too big to merge with them.
+    for start in range(0, 10, 2):
+        await redis.rpush(key, json.dumps(small[start : start + 2]))
+    await redis.rpush(key, json.dumps(big))
+    deps = await build_deps(settings, redis)
+    feed = ApplyFeed(deps, redis, concurrency=1)
+    feed.start()
+    try:
+        for _ in range(200):
+            if feed.applies >= 2 and not await redis.llen(key):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await feed.close()
+        await close_deps(deps)
+    async with deps.sessions() as session:
+        handled = await session.scalar(
+            select(func.count()).where(WebhookEvent.id.in_(ids), WebhookEvent.quarantined.is_(True))
+        )
+    assert handled == len(ids)  # every event was taken and handled, none left behind
+    assert feed.applies == 2  # the five small groups in one apply, the big one alone
+    assert await redis.llen(key) == 0
+    await redis.aclose()
