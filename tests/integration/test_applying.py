@@ -292,7 +292,15 @@ ORDERS: dict[str, Callable[[list[dict[str, Any]]], list[list[dict[str, Any]]]]] 
     "duplicated": lambda ev: [[e] for e in random.Random(7).sample(ev + ev, 2 * len(ev))],
     "one_job": lambda ev: [list(ev)],
     "disconnect_first": lambda ev: [[ev[-1]], *[[e] for e in ev[:-1]]],
+    # groups of up to three, shuffled: some extend the call's fold, some go back in time
+    "shuffled_threes": lambda ev: _threes(random.Random(3).sample(ev, len(ev))),
+    # in order but for one event held back until the end
+    "one_late": lambda ev: [[e] for e in ev[:2] + ev[3:] + ev[2:3]],
 }
+
+
+def _threes(events: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    return [events[i : i + 3] for i in range(0, len(events), 3)]
 
 SCENARIOS: dict[str, tuple[Callable[[str], Script], dict[str, Any]]] = {
     "completed": (
