@@ -34,7 +34,7 @@ def webhooks(host: str, port: int) -> None:
     import uvicorn
 
     from campaigns.cli import load_settings
-    from campaigns.webhooks import create_app
+    from campaigns.webhooks import create_app, server_options
 
     settings = load_settings()
     migrate.ensure_schema(settings.database_url)
@@ -48,10 +48,9 @@ def webhooks(host: str, port: int) -> None:
         app = create_app(replace(settings, redis_url=redis_url))
         click.echo(f"ingesting webhooks on http://{host}:{port}/webhooks/enablex/<token>", err=True)
         uvicorn.run(
-            app,
+            **server_options(app),
             host=host,
             port=port,
-            access_log=False,
             log_level=settings.log_level.lower(),
             lifespan="on",
         )

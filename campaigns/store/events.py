@@ -8,6 +8,7 @@ copy is acknowledged and never stored twice.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -69,10 +70,39 @@ def _insert(dialect: str) -> Any:
     return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
+# PostgreSQL: the group goes as one JSON document, unpacked by the server, so the statement
+# text is the same whatever the group size (neither SQLAlchemy nor psycopg compiles it per
+# call; the server prepares it once per connection) and no value needs driver-side escaping
+# (psycopg's text arrays escape every quote of every payload with a regex: ~100 µs/event).
+_PG_INSERT_EVENTS = (
+    "INSERT INTO webhook_event"
+    " (dedupe_key, voice_id, broadcast_id, payload, received_at, quarantined)"
+    " SELECT e.k, e.v, e.b, e.p, e.r, false"
+    " FROM json_to_recordset(%(events)s::json) AS e (k text, v text, b text, p jsonb, r timestamptz)"
+    " ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
+)
+
+
 async def insert_events(conn: AsyncConnection, events: Sequence[NewEvent]) -> list[int]:
-    """Store events, skipping those already stored; the ids of the rows written."""
+    """Store events, skipping those already stored (also a second copy in `events`); the
+    ids of the rows written, ascending. `received_at` must be timezone-aware."""
     if not events:
         return []
+    if conn.dialect.name == "postgresql":
+        document = json.dumps(
+            [
+                {
+                    "k": e.dedupe_key,
+                    "v": e.voice_id,
+                    "b": e.broadcast_id,
+                    "p": e.payload,
+                    "r": e.received_at.isoformat(),
+                }
+                for e in events
+            ]
+        )
+        result = await conn.exec_driver_sql(_PG_INSERT_EVENTS, {"events": document})
+        return sorted(int(i) for i in result.scalars().all())
     rows = [
         {
             "dedupe_key": e.dedupe_key,

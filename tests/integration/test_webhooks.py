@@ -8,11 +8,12 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from typing import cast
 
 import httpx
 import pytest
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from campaigns.applying import ApplyConfig, apply_events
@@ -21,7 +22,8 @@ from campaigns.db import async_session_factory, make_async_engine, make_engine
 from campaigns.enablex.crypto import encrypt_payload
 from campaigns.local_redis import free_port
 from campaigns.models import WebhookEvent, utcnow
-from campaigns.webhooks import create_app, feed_key
+from campaigns.store.events import NewEvent
+from campaigns.webhooks import MAX_GROUP, GroupWriter, create_app, feed_key
 
 APP_ID = "5f1e99bf90ce3c3ccsc52e6462"
 TOKEN = "tok-" + "x" * 28
@@ -262,3 +264,123 @@ async def test_concurrent_deliveries_are_all_stored(ingest: Ingest) -> None:
     async with ingest.engine.connect() as conn:
         count = await conn.scalar(select(func.count()).select_from(WebhookEvent))
     assert count == 200
+
+
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        ({"text": "yes\u0000no"}, "NUL"),
+        ({"odd\u0000key": "x"}, "NUL"),
+        ({"info": {"nested": ["deep\u0000"]}}, "NUL"),
+        ({"text": "\ud800"}, "surrogate"),
+        ({"confidence": float("nan")}, "NaN"),
+        ({"confidence": float("inf")}, "NaN"),
+        ({"voice_id": "v" * 65}, "voice_id longer than 64"),
+        ({"broadcast_id": "b" * 65}, "broadcast_id longer than 64"),
+    ],
+)
+async def test_a_payload_the_database_cannot_hold_is_400_on_every_backend(
+    ingest: Ingest, extra: dict[str, object], why: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = event("connected")
+    bad = {**event("connected"), **extra}
+    responses = await asyncio.gather(ingest.post(bad), ingest.post(good))
+    assert [r.status_code for r in responses] == [400, 200]  # its neighbour is stored
+    assert why in responses[0].json()["error"]
+    assert [row.voice_id for row in ingest.stored()] == [good["voice_id"]]
+    assert why in caplog.text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"state": "connected", "x": ' + b"[" * 20_000 + b"]" * 20_000 + b"}",  # deep
+        b'{"state": "connected", "x": 1' + b"0" * 5_000 + b"}",  # an int json will not read
+    ],
+)
+async def test_json_past_the_parsers_limits_is_400_not_a_crash(ingest: Ingest, body: bytes) -> None:
+    response = await ingest.post(body)
+    assert response.status_code == 400
+    assert ingest.stored() == []
+
+
+async def test_the_webhook_path_takes_only_post(ingest: Ingest) -> None:
+    response = await ingest.client.get(f"/webhooks/enablex/{TOKEN}")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    other = await ingest.client.post("/elsewhere", content=b"{}")
+    assert other.status_code == 404
+    assert ingest.stored() == []
+
+
+async def test_a_body_in_many_chunks_is_read_whole(ingest: Ingest) -> None:
+    headers, body = encrypt_payload(event("ringing"), APP_ID)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 7):
+            yield body[start : start + 7]
+
+    response = await ingest.client.post(
+        f"/webhooks/enablex/{TOKEN}", content=chunks(), headers=headers
+    )
+    assert response.status_code == 200
+    assert len(ingest.stored()) == 1
+
+
+async def test_a_burst_is_written_in_groups_no_larger_than_the_limit(ingest: Ingest) -> None:
+    writer = GroupWriter(ingest.engine, ingest.redis, ingest.settings.queue_name, writers=4)
+    count = 2 * MAX_GROUP + 200
+    now = utcnow()
+    events = [
+        NewEvent(f"k{i}", f"v{i}", "b", {"state": "ringing", "i": i}, now) for i in range(count)
+    ]
+    await asyncio.gather(*(writer.write(e) for e in events + events[:100]))  # and copies
+    await writer.close()
+    groups = [
+        json.loads(entry)
+        for entry in await ingest.redis.lrange(feed_key(ingest.settings.queue_name), 0, -1)
+    ]
+    ids = [i for group in groups for i in group]
+    assert len(ids) == len(set(ids)) == count  # every event once, copies not handed on
+    assert max(len(group) for group in groups) <= MAX_GROUP
+    assert len(groups) >= 3
+    assert len(ingest.stored()) == count
+
+
+async def test_a_row_the_database_refuses_fails_alone_in_its_group(ingest: Ingest) -> None:
+    writer = GroupWriter(ingest.engine, ingest.redis, ingest.settings.queue_name, writers=1)
+    now = utcnow()
+    good = [NewEvent(f"k{i}", f"v{i}", None, {"state": "ringing"}, now) for i in range(5)]
+    refused = NewEvent(cast(str, None), "v-bad", None, {"state": "ringing"}, now)  # NOT NULL
+    results = await asyncio.gather(
+        *(writer.write(e) for e in [*good[:2], refused, *good[2:]]), return_exceptions=True
+    )
+    await writer.close()
+    assert [isinstance(r, Exception) for r in results] == [False] * 2 + [True] + [False] * 3
+    assert sorted(row.voice_id or "" for row in ingest.stored()) == [f"v{i}" for i in range(5)]
+
+
+async def test_the_writer_replaces_a_connection_the_database_dropped(ingest: Ingest) -> None:
+    """A pooled connection that died (terminated by the server, as in a restart) fails the
+    INSERT once; the writer retries on a new connection and the event is stored. No
+    pre-ping here, so that the dead connection really reaches the INSERT."""
+    engine = make_async_engine(ingest.database_url, pool_pre_ping=False)
+    writer = GroupWriter(engine, ingest.redis, ingest.settings.queue_name, writers=1)
+    now = utcnow()
+    try:
+        await writer.write(NewEvent("k-before", "v1", None, {"state": "ringing"}, now))
+        if engine.dialect.name == "postgresql":
+            killer = make_engine(ingest.database_url)
+            with killer.begin() as conn:
+                conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
+            killer.dispose()
+        await writer.write(NewEvent("k-after", "v2", None, {"state": "ringing"}, now))
+    finally:
+        await writer.close()
+        await engine.dispose()
+    assert [row.dedupe_key for row in ingest.stored()] == ["k-before", "k-after"]
