@@ -58,10 +58,12 @@ def fake_calls(count: int) -> list[dict[str, Any]]:
     ]
 
 
-def start_ingester(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+def start_ingester(env: dict[str, str], port: int, code: str | None) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "campaigns.cli", "webhooks"]
     command += ["--host", "127.0.0.1", "--port", str(port)]
-    return subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    if code:  # another source tree: first on the path (`-m` puts the working directory first)
+        env = {**env, "PYTHONPATH": code}
+    return subprocess.Popen(command, env=env, cwd=code, stderr=subprocess.DEVNULL)
 
 
 def start_profiler(pid: int, seconds: float, path: str) -> subprocess.Popen[bytes]:
@@ -95,7 +97,7 @@ async def one_run(
     port = free_port()
     env = worker_env(url, "http://127.0.0.1:9", f"http://127.0.0.1:{port}", "bench-ingest-only")
     profile = f"{args.profile}.{mode}" if args.profile else None
-    ingester = start_ingester(env, port)
+    ingester = start_ingester(env, port, args.code)
     try:
         await wait_healthy(port)
         budget = rate if mode == "rate" else args.max_rate
@@ -154,7 +156,13 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--max-rate", type=float, default=20000, help="events/s to prepare for")
     parser.add_argument("--only", choices=["max", "rate"], help="one of the two loads")
     parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--profile", metavar="FILE", help="cProfile the ingester to FILE.<mode>")
+    parser.add_argument("--profile", metavar="FILE", help="sample the ingester to FILE.<mode>")
+    parser.add_argument(
+        "--code",
+        metavar="DIR",
+        help="run the ingester from this source tree instead, for before/after figures "
+        "(e.g. `git archive OLD campaigns migrations alembic.ini | tar -x -C DIR`)",
+    )
     return parser.parse_args()
 
 
