@@ -7,7 +7,8 @@ Run by hand (never in the test suite):
 
 Everything is real and on loopback: a scratch PostgreSQL database (Alembic), Redis (db 5 by
 default, flushed at start: BENCH_REDIS_URL), the project's ingester
-(`campaigns.webhooks.create_app` served by uvicorn, access log off) in its own process, one
+(`campaigns.webhooks.create_app` served by uvicorn as `campaign webhooks` serves it:
+`server_options`, httptools, access log off) in its own process, one
 arq worker process built by `workers.settings.make_worker`, and the EnableX simulator in
 this process. The load generator is a separate process: raw asyncio HTTP/1.1 on keep-alive
 connections, bodies encrypted beforehand with `campaigns.enablex.crypto.encrypt_payload`.
@@ -295,16 +296,20 @@ def run_ingester(naive: bool) -> None:
     import uvicorn
 
     from campaigns.config import Settings
+    from campaigns.webhooks import server_options
 
     settings = Settings.from_env(os.environ)
-    app = naive_app(settings) if naive else _product_app(settings)
+    if naive:
+        options = {"app": naive_app(settings), "http": "httptools", "access_log": False}
+    else:
+        options = server_options(_product_app(settings))  # as `campaign webhooks` runs it
+    if os.environ.get("BENCH_HTTP"):
+        options["http"] = os.environ["BENCH_HTTP"]
     print("ready", flush=True)
     uvicorn.run(
-        app,
-        http=os.environ.get("BENCH_HTTP", "auto"),
+        **options,
         host="127.0.0.1",
         port=int(os.environ["INGEST_PORT"]),
-        access_log=False,
         log_level="warning",
         backlog=2048,
     )
@@ -530,16 +535,15 @@ async def contender(
     queue = f"bench-ingest:{uuid.uuid4().hex[:8]}"
     hooks = f"http://127.0.0.1:{port}"
     env = worker_env(url, sim.base_url, hooks, queue, INGEST_PORT=str(port))
-    if who == "httptools":
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [args.httptools, env.get("PYTHONPATH")]))
-        env["BENCH_HTTP"] = "httptools"
+    if who == "h11":
+        env["BENCH_HTTP"] = "h11"
     role = "naive-ingester" if who == "naive" else "ingester"
     ingester = await asyncio.to_thread(spawn, role, env, HERE)
     procs = [ingester]
     result: dict[str, Any] = {"who": who}
     try:
         await wait_healthy(port)
-        if who == "httptools":  # the ingest-alone run only
+        if who == "h11":  # the ingest-alone run only
             events = event_stream(max_calls)
             proc, path = await run_load(
                 port, events, mode="max", rate=0, seconds=args.max_seconds, conns=64
@@ -724,7 +728,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], setup: dict[
     names = {
         "product": "project ingester (group commit, apply feed)",
         "naive": "naive: one INSERT + commit and one arq job per event",
-        "httptools": "project ingester, uvicorn with httptools instead of h11 (ingest only)",
+        "h11": "project ingester, uvicorn with h11 instead of httptools (ingest only)",
     }
     tp_rows, lat_rows, ivr_rows = [], [], []
 
@@ -733,7 +737,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], setup: dict[
         return ma["applied"] / span if ma["last_applied"] and span > 0 else 0.0
 
     for r in results:
-        if r["who"] == "httptools":
+        if r["who"] == "h11":
             m = r["max"]
             tp_rows.append(
                 f"| {names[r['who']]} | {m['ok']:,} | {m['ack_rate']:,.0f} | {m['p50_ms']:.0f} / "
@@ -803,7 +807,7 @@ as the ingester and the worker. Command: `{command}`, on commit {code_version()}
 Set-up: {sum(setup.values()):,} calls of four poll campaigns really submitted by the product's
 worker to the simulator; each gets a synthetic 10-event life (encrypted with
 `encrypt_payload`, AES-256-CBC/base64), sent by a separate load-generator process (raw
-asyncio HTTP/1.1, keep-alive). One uvicorn ingester process (access log off), one arq worker
+asyncio HTTP/1.1, keep-alive). One uvicorn ingester process (httptools, access log off), one arq worker
 process (`make_worker`: its apply feed pops the ingester's commit groups from Redis at once;
 default `max_jobs` 50, `poll_delay` 0.02 s), PostgreSQL, Redis. Applied = `applied_at` set by
 the worker (the attempt row, answers and IVR commands written).
@@ -866,13 +870,13 @@ async def main(args: argparse.Namespace) -> None:
     max_calls = int(args.max_seconds * args.max_rate / EVENTS_PER_CALL) + 1
     rate_calls = int(args.rate_seconds * LATENCY_RATE / EVENTS_PER_CALL) + CHUNK
     contenders = ["product"] + ([] if args.no_baseline else ["naive"])
-    if args.httptools:
-        contenders.append("httptools")
+    if args.h11:
+        contenders.append("h11")
     with scratch_database("ingest_bench") as url:
         groups = {}
         for who in contenders:
             groups[f"{who}-max"] = max_calls
-            if who != "httptools":
+            if who != "h11":
                 groups[f"{who}-rate"] = rate_calls
         t0 = time.monotonic()
         calls = await submit_for_real(url, groups)
@@ -882,7 +886,7 @@ async def main(args: argparse.Namespace) -> None:
             flush=True,
         )
         ivr_ids: dict[str, list[int]] = {}
-        for i, who in enumerate(c for c in contenders if c != "httptools"):
+        for i, who in enumerate(c for c in contenders if c != "h11"):
             for j, (kind, cps) in enumerate((("load", 20), ("alone", 5))):
                 name = f"ivr-{who}-{kind}"
                 start = 700_000 + i * 2000 + j * 1000
@@ -934,10 +938,10 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--drain", type=float, default=20.0, help="max seconds to wait for apply")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument(
-        "--httptools",
-        metavar="DIR",
-        help="also run the ingest-alone test with uvicorn's httptools parser imported from DIR "
-        "(e.g. after `pip install --target DIR httptools`; the project's venv lacks it)",
+        "--h11",
+        action="store_true",
+        help="also run the ingest-alone test with uvicorn's pure-Python h11 parser "
+        "(the ingester uses httptools)",
     )
     parser.add_argument("--no-doc", action="store_true")
     parser.add_argument("--role", help=argparse.SUPPRESS)
