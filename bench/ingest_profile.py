@@ -12,8 +12,8 @@ asyncio HTTP/1.1 on keep-alive connections, bodies encrypted beforehand). Events
 synthetic 10-event call lives for made-up calls: the ingester stores any well-formed event
 (matching it to a submitted call is the worker's job), and no worker runs here.
 
-Per run: acked/s, ack p50/p99, and the ingester process's CPU seconds (user + system,
-from /proc) per 1,000 acked events, the figure to compare across changes on a shared
+Per run: acked/s, ack p50/p99, commit groups (entries on the apply feed) and events per
+group, and the ingester process's CPU seconds (user + system, from /proc) per 1,000 acked events, the figure to compare across changes on a shared
 machine. Two loads: `max` (64 connections, closed loop) and `rate` (open loop at `--rate`
 events/s, latency from each request's scheduled send time). `--profile FILE` samples the
 ingester with py-spy during the load (`pip install py-spy`; collapsed stacks to
@@ -37,10 +37,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchdoc import machine
-from dispatch_bench import flush_redis, scratch_database, stop, worker_env
+from dispatch_bench import REDIS_URL, flush_redis, scratch_database, stop, worker_env
 from ingest_bench import EVENTS_PER_CALL, event_stream, go, max_event_id, run_load, wait_healthy
 
 from campaigns.local_redis import free_port
+
+QUEUE = "bench-ingest-only"
+
+
+def feed_length(queue: str) -> int:
+    """Entries on the apply feed: one per commit group (no worker pops them here)."""
+    import redis
+
+    from campaigns.webhooks import feed_key
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        return int(client.llen(feed_key(queue)))
+    finally:
+        client.close()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -95,7 +110,7 @@ async def one_run(
     url: str, args: argparse.Namespace, mode: str, rate: float, conns: int
 ) -> dict[str, Any]:
     port = free_port()
-    env = worker_env(url, "http://127.0.0.1:9", f"http://127.0.0.1:{port}", "bench-ingest-only")
+    env = worker_env(url, "http://127.0.0.1:9", f"http://127.0.0.1:{port}", QUEUE)
     profile = f"{args.profile}.{mode}" if args.profile else None
     ingester = start_ingester(env, port, args.code)
     try:
@@ -114,6 +129,7 @@ async def one_run(
             await asyncio.to_thread(sampler.wait)
             summarise_profile(profile)
         stored = await max_event_id(url) - before_id
+        groups = feed_length(QUEUE)
     finally:
         await asyncio.to_thread(stop, [ingester])
     ok = result["ok"]
@@ -122,6 +138,8 @@ async def one_run(
         "offered": rate if mode == "rate" else None,
         "acked": ok,
         "stored": stored,
+        "commit_groups": groups,
+        "events_per_group": round(stored / groups, 1) if groups else None,
         "non_200": result["sent"] - ok,
         "acked_per_s": round(result["ack_rate"]),
         "p50_ms": round(result["p50_ms"], 1),
