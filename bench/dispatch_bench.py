@@ -293,7 +293,19 @@ def run_product_worker() -> None:
     logging.basicConfig(level=settings.log_level)
     worker = make_worker(settings, settings.redis_url or REDIS_URL)
     print("ready", flush=True)
-    worker.run()
+    profile = os.environ.get("BENCH_PROFILE_WORKER")  # a path: the worker's CPU profile
+    if not profile:
+        worker.run()
+        return
+    import cProfile
+
+    profiler = cProfile.Profile(time.process_time)
+    profiler.enable()
+    try:
+        worker.run()
+    finally:
+        profiler.disable()
+        profiler.dump_stats(profile)
 
 
 def pctl(values: Sequence[float], q: float) -> float:

@@ -122,6 +122,9 @@ class ApplyResult:
     applied: int = 0
     quarantined: int = 0
     waiting: list[int] = field(default_factory=list)  # early events kept for a later run
+    # Events whose call another transaction was applying events to: left unapplied, to
+    # be applied again shortly (never waited for: no lock convoys between applies).
+    busy: list[int] = field(default_factory=list)
     settled: int = 0
     settle_later: list[int] = field(default_factory=list)  # attempt ids, after the grace
     commands: list[Command] = field(default_factory=list)
@@ -509,7 +512,11 @@ async def apply_events(
         else:
             result.waiting.append(row.id)
 
-    attempts = await calls.lock_attempt_rows(session, work)
+    attempts = await calls.lock_attempt_rows(session, work, skip_locked=True)
+    if len(attempts) < len(work):
+        locked = {a.id for a in attempts}
+        for attempt_id in [i for i in work if i not in locked]:
+            result.busy += [r.id for r, _ in work.pop(attempt_id)]
     for attempt in attempts:  # a second call on one attempt's number: never applied
         mine = attempt.voice_id or next(e.voice_id for _, e in work[attempt.id] if e.voice_id)
         for row, event in work[attempt.id]:

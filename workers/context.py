@@ -18,7 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from campaigns.config import Settings
 from campaigns.db import async_session_factory, make_async_engine
 from campaigns.enablex.client import EnablexClient
+from campaigns.enablex.transport import KeepAliveTransport
 from campaigns.models import utcnow
+
+# Connections to EnableX per worker process; requests beyond wait in the client.
+HTTP_CONNECTIONS = 20
 
 
 @dataclass
@@ -31,6 +35,7 @@ class Deps:
     enablex: EnablexClient
     # The clock every decision reads: tests inject one to check calling windows.
     clock: Callable[[], datetime] = field(default=utcnow)
+    command_http: httpx.AsyncClient | None = None
 
 
 async def build_deps(
@@ -39,7 +44,12 @@ async def build_deps(
     engine = make_async_engine(settings.database_url)
     http = httpx.AsyncClient(
         timeout=settings.enablex_timeout,
-        limits=httpx.Limits(max_connections=20, max_keepalive_connections=20),
+        limits=httpx.Limits(max_connections=HTTP_CONNECTIONS, max_keepalive_connections=20),
+    )
+    # IVR commands: many small requests, on the lean keep-alive transport.
+    command_http = httpx.AsyncClient(
+        timeout=settings.enablex_timeout,
+        transport=KeepAliveTransport(max_connections=HTTP_CONNECTIONS),
     )
     enablex = EnablexClient(
         http,
@@ -47,12 +57,25 @@ async def build_deps(
         app_id=settings.enablex_app_id,
         app_key=settings.enablex_app_key,
         timeout=settings.enablex_timeout,
+        max_in_flight=HTTP_CONNECTIONS,
+        command_http=command_http,
     )
-    return Deps(settings, engine, async_session_factory(engine), redis, http, enablex, clock)
+    return Deps(
+        settings,
+        engine,
+        async_session_factory(engine),
+        redis,
+        http,
+        enablex,
+        clock,
+        command_http=command_http,
+    )
 
 
 async def close_deps(deps: Deps) -> None:
     await deps.http.aclose()
+    if deps.command_http is not None:
+        await deps.command_http.aclose()
     await deps.engine.dispose()
 
 

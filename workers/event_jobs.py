@@ -35,7 +35,7 @@ from campaigns.config import Settings
 from campaigns.enablex.client import PlaySpec
 from campaigns.errors import TransientEnablexError
 from campaigns.store import events as store
-from campaigns.webhooks import APPLY_JOB, apply_job_id, feed_key
+from campaigns.webhooks import APPLY_JOB, apply_job_id, enqueue_apply, feed_key
 from workers.context import Deps, deps_of
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,8 @@ async def apply_events(ctx: dict[str, Any], event_ids: list[int]) -> str:
     except OperationalError as exc:  # a deadlock or a lost connection: run again
         log.warning("applying events failed (%s): retrying", exc.__class__.__name__)
         raise Retry(defer=timedelta(seconds=min(5.0, 0.1 * 2**tries))) from exc
+    if result.busy and tries < 8:  # calls another apply held: again, soon
+        raise Retry(defer=timedelta(seconds=BUSY_DEFER_SECONDS * tries))
     if result.waiting and tries < 8:
         raise Retry(defer=timedelta(seconds=min(5.0, 0.25 * 2 ** (tries - 1))))
     return (
@@ -153,6 +155,8 @@ FEED_BLOCK_SECONDS = 1
 APPLY_CONCURRENCY = 8
 # Most event ids one apply takes when merging groups that wait on the feed.
 APPLY_GROUP = 500
+# How long events whose call another apply held wait before they are tried again.
+BUSY_DEFER_SECONDS = 0.02
 
 
 class ApplyFeed:
@@ -243,6 +247,14 @@ class ApplyFeed:
         self.applies += 1
         if result.waiting:
             await self._enqueue(result.waiting, 0.25)
+        if result.busy:
+            # Their calls were being applied by another transaction: back on the feed,
+            # after a moment, for whichever worker pops them next.
+            await asyncio.sleep(BUSY_DEFER_SECONDS)
+            try:
+                await enqueue_apply(self.redis, self.deps.settings.queue_name, result.busy)
+            except (RedisError, OSError) as exc:
+                log.warning("apply feed: %r; the sweeper applies what is stored", exc)
 
     async def _enqueue(self, ids: list[int], defer: float) -> None:
         await self.redis.enqueue_job(

@@ -20,6 +20,7 @@ without their bodies (which hold phone numbers).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -218,8 +219,18 @@ class EnablexClient:
         app_id: str,
         app_key: str,
         timeout: float = 10.0,
+        max_in_flight: int | None = None,
+        command_http: httpx.AsyncClient | None = None,
     ) -> None:
+        """`max_in_flight`: most requests handed to `http` at once (the others wait here,
+        in order): keep it at the pool's connection limit, as httpcore's pool does work
+        per queued request for every request it assigns (quadratic in a long queue: seen
+        with thousands of IVR commands at once). `command_http`: the client for the IVR
+        commands (play, hang up), when they should go another way than the broadcasts
+        (the worker gives them `KeepAliveTransport`, several times cheaper per request)."""
         self._http = http
+        self._command_http = command_http or http
+        self._slots = asyncio.Semaphore(max_in_flight) if max_in_flight else None
         self._base_url = base_url.rstrip("/")
         self._timeout = timeout
         token = base64.b64encode(f"{app_id}:{app_key}".encode()).decode("ascii")
@@ -322,7 +333,7 @@ class EnablexClient:
         Any 2xx means the command was accepted; `play_id` is None if the answer lacks it.
         """
         path = f"/broadcast/{_segment(broadcast_id)}/call/{_segment(voice_id)}/play"
-        payload = await self._send("PUT", path, play.to_json(), creates=False)
+        payload = await self._send("PUT", path, play.to_json(), creates=False, command=True)
         return PlayStarted(
             _nonempty_str(payload.get("play_id")), _nonempty_str(payload.get("playstate"))
         )
@@ -334,9 +345,21 @@ class EnablexClient:
         `status_code == 404` and the caller decides (usually: nothing to do).
         """
         path = f"/broadcast/{_segment(broadcast_id)}/call/{_segment(voice_id)}"
-        await self._send("DELETE", path, None, creates=False)
+        await self._send("DELETE", path, None, creates=False, command=True)
 
     # --- transport ----------------------------------------------------------------------
+
+    async def _request(
+        self, method: str, path: str, content: bytes | None, *, command: bool
+    ) -> httpx.Response:
+        http = self._command_http if command else self._http
+        return await http.request(
+            method,
+            self._base_url + path,
+            content=content,
+            headers=self._headers,
+            timeout=self._timeout,
+        )
 
     async def _send(
         self,
@@ -346,6 +369,7 @@ class EnablexClient:
         *,
         creates: bool,
         note: str = "",
+        command: bool = False,
     ) -> dict[str, Any]:
         """One request → the JSON object of a 2xx answer ({} when it has none).
 
@@ -357,13 +381,11 @@ class EnablexClient:
         log.debug("EnableX %s%s", what, f" ({note})" if note else "")
         started = time.perf_counter()
         try:
-            response = await self._http.request(
-                method,
-                self._base_url + path,
-                content=content,
-                headers=self._headers,
-                timeout=self._timeout,
-            )
+            if self._slots is None:
+                response = await self._request(method, path, content, command=command)
+            else:
+                async with self._slots:
+                    response = await self._request(method, path, content, command=command)
         except _NOT_SENT_ERRORS as exc:
             raise TransientEnablexError(f"{what}: {_describe(exc)}") from exc
         except httpx.RequestError as exc:

@@ -128,11 +128,13 @@ def _among(session: AsyncSession, column: Any, values: Iterable[Any]) -> ColumnE
 
 
 async def claim_unapplied(session: AsyncSession, ids: Sequence[int]) -> list[EventRow]:
-    """Lock the events not applied (nor quarantined) yet and return them, in id order:
-    SELECT ... FOR UPDATE on PostgreSQL (an event another worker is applying waits for its
-    commit and is then skipped), UPDATE ... RETURNING on SQLite (it takes the database
-    write lock, so every later read of this transaction sees a consistent, locked
-    state)."""
+    """Lock the events not applied (nor quarantined) yet and return them, in id order.
+
+    PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED: an event another transaction is
+    applying (a sweep, a retried job) is left to it, never waited for; if that one rolls
+    back, the sweeper applies the event later. SQLite: UPDATE ... RETURNING, which takes
+    the database write lock, so every later read of this transaction sees a consistent,
+    locked state."""
     if not ids:
         return []
     unapplied = (
@@ -142,7 +144,10 @@ async def claim_unapplied(session: AsyncSession, ids: Sequence[int]) -> list[Eve
     )
     if _dialect(session) == "postgresql":  # row locks, no new row versions
         stmt: Any = (
-            select(*_EVENT_COLUMNS).where(*unapplied).order_by(_EVENT.c.id).with_for_update()
+            select(*_EVENT_COLUMNS)
+            .where(*unapplied)
+            .order_by(_EVENT.c.id)
+            .with_for_update(skip_locked=True)
         )
     else:
         stmt = update(_EVENT).where(*unapplied).values(error=_EVENT.c.error)
@@ -194,9 +199,12 @@ async def mark_applied(session: AsyncSession, ids: Sequence[int], now: datetime)
         )
 
 
-async def lock_attempt_rows(session: AsyncSession, attempt_ids: Iterable[int]) -> list[AttemptRow]:
+async def lock_attempt_rows(
+    session: AsyncSession, attempt_ids: Iterable[int], *, skip_locked: bool = False
+) -> list[AttemptRow]:
     """The attempts, with their broadcast and their recipient's zones, locked in id order
-    (PostgreSQL `FOR UPDATE` of the attempt rows; SQLite holds the write lock already)."""
+    (PostgreSQL `FOR UPDATE` of the attempt rows; SQLite holds the write lock already).
+    With `skip_locked`, attempts another transaction holds are left out, not waited for."""
     ids = sorted(set(attempt_ids))
     if not ids:
         return []
@@ -213,7 +221,7 @@ async def lock_attempt_rows(session: AsyncSession, attempt_ids: Iterable[int]) -
         .order_by(_ATTEMPT.c.id)
     )
     if _dialect(session) == "postgresql":
-        stmt = stmt.with_for_update(of=_ATTEMPT)
+        stmt = stmt.with_for_update(of=_ATTEMPT, skip_locked=skip_locked)
     return [AttemptRow(*tuple(row)) for row in (await session.execute(stmt)).all()]
 
 

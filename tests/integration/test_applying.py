@@ -8,6 +8,7 @@ recipient and the DNC list must end the same, and be right.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -302,6 +303,7 @@ ORDERS: dict[str, Callable[[list[dict[str, Any]]], list[list[dict[str, Any]]]]] 
 def _threes(events: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return [events[i : i + 3] for i in range(0, len(events), 3)]
 
+
 SCENARIOS: dict[str, tuple[Callable[[str], Script], dict[str, Any]]] = {
     "completed": (
         completed,
@@ -425,6 +427,28 @@ async def test_in_order_the_ivr_commands_follow_the_script(
     assert sent == ["q:rating:1", "q:rating:2", "q:again:1", "closing", "hangup"]
     texts = [c.play.text for r in world.results for c in r.commands if c.play]
     assert texts[1] == "Sorry. Press 1 for good, 2 for bad."
+
+
+async def test_a_call_held_by_another_transaction_is_left_for_later_not_waited_for(
+    world_factory: Callable[..., Any],
+) -> None:
+    phone = us_numbers(1)[0]
+    world: World = await world_factory([phone])
+    if world.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite: one writer holds the whole database, there are no row locks")
+    events = completed(phone).events
+    await world.deliver(events[:2])
+    async with world.sessions() as holder, holder.begin():
+        await holder.execute(
+            select(CallAttempt.id).where(CallAttempt.id == world.attempts[phone]).with_for_update()
+        )
+        held = await asyncio.wait_for(world.deliver(events[2:3]), timeout=10)
+        assert held.applied == 0
+        assert len(held.busy) == 1
+    async with world.sessions() as session, session.begin():
+        again = await apply_events(session, held.busy, now=NOW, config=CONFIG)
+    assert (again.applied, again.busy) == (1, [])
+    assert (await world.snapshot(phone))["attempt"]["state"] == "connected"
 
 
 async def test_no_command_is_sent_to_a_call_that_has_ended(
