@@ -7,8 +7,11 @@ are applied once (`applied_at`, under a lock), settling is idempotent.
 
 The ingester pushes each commit group's event ids onto the apply feed (a Redis list);
 `ApplyFeed`, started with every worker, pops them with BLPOP and applies them at once, up
-to `APPLY_CONCURRENCY` groups at a time: one Redis round trip between the ingester's commit
-and the apply, which is what an IVR turn waits for. Groups that must wait (events of a
+to `APPLY_CONCURRENCY` transactions at a time (groups already waiting are merged, up to
+`APPLY_GROUP` ids; the IVR commands go out after the commit, outside that bound): one Redis
+round trip between the ingester's commit and the apply, which is what an IVR turn waits
+for. Events whose call another transaction holds are skipped, not waited for, and pushed
+back on the feed a moment later. Groups that must wait (events of a
 broadcast not recorded yet) or hit a database error go on as `apply_events` arq jobs
 with backoff. The cron `sweep_events` re-applies what was stored but never applied (a
 crash between the commit and the push, a lost Redis, a worker killed mid-apply) and
@@ -58,9 +61,22 @@ def apply_config(settings: Settings) -> applying.ApplyConfig:
 
 
 async def _apply(deps: Deps, event_ids: list[int]) -> applying.ApplyResult:
+    result = await _apply_in_db(deps, event_ids)
+    await _follow_up(deps, result)
+    return result
+
+
+async def _apply_in_db(deps: Deps, event_ids: list[int]) -> applying.ApplyResult:
+    """Apply the events in one transaction, committed on return."""
     config = apply_config(deps.settings)
     async with deps.sessions() as session, session.begin():
-        result = await applying.apply_events(session, event_ids, now=deps.clock(), config=config)
+        return await applying.apply_events(session, event_ids, now=deps.clock(), config=config)
+
+
+async def _follow_up(deps: Deps, result: applying.ApplyResult) -> None:
+    """After the commit: send the IVR commands (retrying failed ones as jobs), and
+    schedule the settling that waits for the grace period."""
+    config = apply_config(deps.settings)
     failed = await applying.send_commands(deps.enablex, result.commands)
     for command, exc in failed:
         log.info("IVR command for %s failed (%s): retrying", command.voice_id, exc)
@@ -80,7 +96,6 @@ async def _apply(deps: Deps, event_ids: list[int]) -> applying.ApplyResult:
             _defer_by=config.settle_grace,
             _queue_name=deps.settings.queue_name,
         )
-    return result
 
 
 async def apply_events(ctx: dict[str, Any], event_ids: list[int]) -> str:
@@ -149,10 +164,13 @@ async def sweep_events(ctx: dict[str, Any]) -> str:
 
 # How long one BLPOP waits before looking again (and noticing a shutdown).
 FEED_BLOCK_SECONDS = 1
-# Groups applied at once by one worker: well under its database pool (10 + 10
+# Group transactions one worker runs at once: well under its database pool (10 + 10
 # connections), so that a backlog of events never starves the dispatch tick and the
 # submit jobs of connections (seen in bench/ingest_bench.py with 50: dispatch timed out).
-APPLY_CONCURRENCY = 8
+# Few, as a backlog is merged into large groups anyway, and concurrent groups touching
+# the same calls only skip each other (bench/ingest_bench.py, backlog applied: 717
+# events/s with 8, 1,110/s with 3).
+APPLY_CONCURRENCY = 3
 # Most event ids one apply takes when merging groups that wait on the feed.
 APPLY_GROUP = 500
 # How long events whose call another apply held wait before they are tried again.
@@ -230,19 +248,26 @@ class ApplyFeed:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._slots.release()
         if not task.cancelled() and task.exception() is not None:
             log.error(
                 "apply feed: a group failed; the sweeper re-applies it", exc_info=task.exception()
             )
 
     async def _apply(self, ids: list[int]) -> None:
+        # The slot bounds the database work only: it is freed at the commit, so that the
+        # next group applies while this one's IVR commands are on their way.
         try:
-            result = await _apply(self.deps, ids)
+            result = await _apply_in_db(self.deps, ids)
         except SQLAlchemyError as exc:  # a deadlock or a lost connection: the job retries
+            self._slots.release()
             log.warning("applying events failed (%s): handed to a job", exc.__class__.__name__)
             await self._enqueue(ids, 0.1)
             return
+        except BaseException:
+            self._slots.release()
+            raise
+        self._slots.release()
+        await _follow_up(self.deps, result)
         self.applied += result.applied
         self.applies += 1
         if result.waiting:
