@@ -34,7 +34,7 @@ import json
 import logging
 import math
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -284,7 +284,9 @@ _ID_LIMIT = {
 }
 
 
-async def _respond(send: Send, status: int, body: bytes = b"", extra: Any = ()) -> None:
+async def _respond(
+    send: Send, status: int, body: bytes = b"", extra: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
     headers = [*(_JSON_HEADERS if body else ()), (b"content-length", b"%d" % len(body)), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
