@@ -59,6 +59,9 @@ def make_async_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
         kwargs.setdefault("pool_size", 10)
         kwargs.setdefault("max_overflow", 10)
         kwargs.setdefault("pool_pre_ping", True)
+        # Sessions in UTC: psycopg then returns `datetime.UTC` itself as the tzinfo, and
+        # reading a timestamp needs no conversion (hot in the event applier).
+        kwargs.setdefault("connect_args", {"options": "-c TimeZone=UTC"})
     engine = create_async_engine(url, **kwargs)
     if url.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
