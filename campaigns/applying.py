@@ -532,9 +532,8 @@ async def apply_events(
     campaigns = await calls.campaign_states(session, {a.campaign_id for a in attempts})
     definitions = {cid: campaign_definition(cid, text) for cid, (_, text) in campaigns.items()}
     history = await calls.history_of_calls(session, [a.voice_id for a in attempts if a.voice_id])
-    personal = [
-        a.recipient_id for a in attempts if poll.needs_attributes(definitions[a.campaign_id])
-    ]
+    personalised = {cid for cid, defn in definitions.items() if poll.needs_attributes(defn)}
+    personal = [a.recipient_id for a in attempts if a.campaign_id in personalised]
     attributes = await store.contact_attributes(session, personal)
     writes = _Writes()
     to_settle: list[ToSettle] = []
