@@ -270,10 +270,9 @@ def _local_settings(
     """Planner settings for the rest of the transaction, put back as they were after."""
     before = []
     for name, value in settings:
-        row = cursor.execute(
-            "SELECT current_setting(%s), set_config(%s, %s, true)", (name, name, value)
-        ).fetchone()
-        before.append((name, row[0] if row else value))
+        row = cursor.execute("SELECT current_setting(%s)", (name,)).fetchone()
+        before.append((name, str(row[0]) if row else value))
+        cursor.execute("SELECT set_config(%s, %s, true)", (name, value))
     yield
     for name, value in before:
         cursor.execute("SELECT set_config(%s, %s, true)", (name, value))

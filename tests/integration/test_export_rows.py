@@ -205,6 +205,10 @@ def test_an_export_in_parallel_streams_is_the_same_file(database_url: str) -> No
                     out = io.BytesIO()
                     assert write_export(conn, plan, out) == 14
                     outputs[isolation, streams] = out.getvalue()
+                    if engine.dialect.name == "postgresql":
+                        # The planner settings of the export do not outlive it.
+                        show = conn.exec_driver_sql("SHOW enable_hashjoin").scalar_one()
+                        assert show == "on"
     finally:
         engine.dispose()
     one = outputs["REPEATABLE READ", 1]
