@@ -1,5 +1,6 @@
-"""The SQL of webhook events: storing them raw, loading the unapplied ones, matching them to
-attempts, recording answers and opt-outs, and marking events applied or quarantined.
+"""The SQL of webhook events: storing them raw, finding the unapplied ones, matching them to
+broadcasts and numbers, recording opt-outs, and quarantining. (Applying them in sets, with
+the attempts they change, is `campaigns.store.calls`.)
 
 Every function takes a session (or a connection) and never commits: the caller owns the
 transaction. Inserts are `ON CONFLICT DO NOTHING` on the event's dedupe key, so a redelivered
@@ -23,7 +24,6 @@ from campaigns.models import (
     AttemptState,
     Batch,
     CallAttempt,
-    Campaign,
     Contact,
     DncNumber,
     Recipient,
@@ -40,26 +40,6 @@ class NewEvent:
     broadcast_id: str | None
     payload: dict[str, Any]
     received_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    id: int
-    dedupe_key: str
-    voice_id: str | None
-    broadcast_id: str | None
-    payload: dict[str, Any]
-    received_at: datetime
-
-
-_STORED = (
-    WebhookEvent.id,
-    WebhookEvent.dedupe_key,
-    WebhookEvent.voice_id,
-    WebhookEvent.broadcast_id,
-    WebhookEvent.payload,
-    WebhookEvent.received_at,
-)
 
 
 def _dialect(session: AsyncSession) -> str:
@@ -124,51 +104,6 @@ async def insert_events(conn: AsyncConnection, events: Sequence[NewEvent]) -> li
     return sorted(int(i) for i in result.scalars().all())
 
 
-async def lock_unapplied(session: AsyncSession, ids: Sequence[int]) -> None:
-    """Take the write locks first (the event rows on PostgreSQL; the database on SQLite, so
-    that every later read of this transaction sees a consistent, locked state)."""
-    await session.execute(
-        update(WebhookEvent)
-        .where(WebhookEvent.id.in_(ids), WebhookEvent.applied_at.is_(None))
-        .values(error=WebhookEvent.error)
-        .execution_options(synchronize_session=False)
-    )
-
-
-async def load_unapplied(session: AsyncSession, ids: Sequence[int]) -> list[StoredEvent]:
-    rows = await session.execute(
-        select(*_STORED)
-        .where(
-            WebhookEvent.id.in_(ids),
-            WebhookEvent.applied_at.is_(None),
-            WebhookEvent.quarantined.is_(False),
-        )
-        .order_by(WebhookEvent.id)
-    )
-    return [StoredEvent(*row) for row in rows.all()]
-
-
-async def applied_events_of_calls(
-    session: AsyncSession, voice_ids: Iterable[str]
-) -> dict[str, list[StoredEvent]]:
-    """The events already applied to these calls (their history), by voice_id."""
-    wanted = list(set(voice_ids))
-    out: dict[str, list[StoredEvent]] = {}
-    if not wanted:
-        return out
-    rows = await session.execute(
-        select(*_STORED).where(
-            WebhookEvent.voice_id.in_(wanted),
-            WebhookEvent.applied_at.is_not(None),
-            WebhookEvent.quarantined.is_(False),
-        )
-    )
-    for row in rows.all():
-        event = StoredEvent(*row)
-        out.setdefault(event.voice_id or "", []).append(event)
-    return out
-
-
 async def unapplied_event_ids(
     session: AsyncSession, received_before: datetime, limit: int
 ) -> list[int]:
@@ -184,16 +119,6 @@ async def unapplied_event_ids(
         .limit(limit)
     )
     return list(rows.all())
-
-
-async def attempt_ids_by_voice(session: AsyncSession, voice_ids: Iterable[str]) -> dict[str, int]:
-    wanted = list(set(voice_ids))
-    if not wanted:
-        return {}
-    rows = await session.execute(
-        select(CallAttempt.voice_id, CallAttempt.id).where(CallAttempt.voice_id.in_(wanted))
-    )
-    return {str(v): int(i) for v, i in rows.all()}
 
 
 async def known_broadcasts(session: AsyncSession, broadcast_ids: Iterable[str]) -> dict[str, str]:
@@ -224,40 +149,6 @@ async def attempt_ids_by_batch_phone(
     return {(b, p): int(i) for b, p, i in rows.all() if (b, p) in wanted}
 
 
-async def lock_attempts(session: AsyncSession, attempt_ids: Iterable[int]) -> list[CallAttempt]:
-    """The attempts, locked in id order (PostgreSQL `FOR UPDATE`; SQLite holds the database
-    write lock already)."""
-    ids = sorted(set(attempt_ids))
-    if not ids:
-        return []
-    stmt = select(CallAttempt).where(CallAttempt.id.in_(ids)).order_by(CallAttempt.id)
-    if _dialect(session) == "postgresql":
-        stmt = stmt.with_for_update()
-    return list((await session.scalars(stmt)).all())
-
-
-async def broadcast_ids_of_batches(
-    session: AsyncSession, batch_ids: Iterable[str]
-) -> dict[str, str | None]:
-    wanted = list(set(batch_ids))
-    if not wanted:
-        return {}
-    rows = await session.execute(select(Batch.id, Batch.broadcast_id).where(Batch.id.in_(wanted)))
-    return {str(i): b for i, b in rows.all()}
-
-
-async def campaign_definitions(
-    session: AsyncSession, campaign_ids: Iterable[int]
-) -> dict[int, dict[str, Any]]:
-    wanted = list(set(campaign_ids))
-    if not wanted:
-        return {}
-    rows = await session.execute(
-        select(Campaign.id, Campaign.definition).where(Campaign.id.in_(wanted))
-    )
-    return {int(i): d for i, d in rows.all()}
-
-
 async def contact_attributes(
     session: AsyncSession, recipient_ids: Iterable[int]
 ) -> dict[int, dict[str, Any]]:
@@ -280,42 +171,6 @@ async def contact_attributes(
     return out
 
 
-async def upsert_answer(
-    session: AsyncSession,
-    *,
-    attempt_id: int,
-    recipient_id: int,
-    question_key: str,
-    input_kind: str,
-    raw: str | None,
-    confidence: float | None,
-    label: str | None,
-    valid: bool,
-    received_at: datetime,
-) -> None:
-    """One answer per (attempt, question): a later write for the same question replaces it."""
-    values = {
-        "attempt_id": attempt_id,
-        "recipient_id": recipient_id,
-        "question_key": question_key,
-        "input_kind": input_kind,
-        "raw": raw,
-        "confidence": confidence,
-        "label": label,
-        "valid": valid,
-        "received_at": received_at,
-    }
-    stmt = _insert(_dialect(session))(Answer).values(values)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["attempt_id", "question_key"],
-        set_={
-            k: stmt.excluded[k]
-            for k in ("input_kind", "raw", "confidence", "label", "valid", "received_at")
-        },
-    )
-    await session.execute(stmt)
-
-
 async def delete_answers_except(
     session: AsyncSession, attempt_id: int, keep: Iterable[str]
 ) -> None:
@@ -335,18 +190,6 @@ async def add_opt_out(session: AsyncSession, phone: str, now: datetime, reason: 
         .on_conflict_do_nothing(index_elements=["phone"])
     )
     await session.execute(stmt)
-
-
-async def mark_applied(
-    session: AsyncSession, ids: Sequence[int], now: datetime, error: str | None = None
-) -> None:
-    if ids:
-        await session.execute(
-            update(WebhookEvent)
-            .where(WebhookEvent.id.in_(ids))
-            .values(applied_at=now, error=error)
-            .execution_options(synchronize_session=False)
-        )
 
 
 async def quarantine(session: AsyncSession, ids: Sequence[int], reason: str) -> None:
