@@ -49,6 +49,11 @@ COMMAND_MAX_TRIES = 6
 SWEEP_BATCH = 500
 # Events younger than this are left to their own job (not raced by the sweeper).
 SWEEP_MIN_AGE = timedelta(seconds=5)
+# With more groups than this waiting on the apply feed, the sweep leaves unapplied events
+# to it: under a backlog the oldest unapplied events are mostly still on the feed, and
+# sweeping them only duplicates the work (and competes with it for the same calls). Events
+# a lost Redis or a crash left behind are swept once the backlog is gone.
+SWEEP_BACKLOG_LIMIT = 20
 
 
 def apply_config(settings: Settings) -> applying.ApplyConfig:
@@ -150,8 +155,11 @@ async def sweep_events(ctx: dict[str, Any]) -> str:
     deps = deps_of(ctx)
     now = deps.clock()
     config = apply_config(deps.settings)
-    async with deps.sessions() as session:
-        ids = await store.unapplied_event_ids(session, now - SWEEP_MIN_AGE, 10 * SWEEP_BATCH)
+    ids: list[int] = []
+    backlog = await _feed_backlog(deps)
+    if backlog <= SWEEP_BACKLOG_LIMIT:
+        async with deps.sessions() as session:
+            ids = await store.unapplied_event_ids(session, now - SWEEP_MIN_AGE, 10 * SWEEP_BATCH)
     applied = quarantined = 0
     for start in range(0, len(ids), SWEEP_BATCH):
         result = await _apply(deps, ids[start : start + SWEEP_BATCH])
@@ -159,7 +167,17 @@ async def sweep_events(ctx: dict[str, Any]) -> str:
         quarantined += result.quarantined
     async with deps.sessions() as session, session.begin():
         settled = await applying.settle_overdue(session, now=now, grace=config.settle_grace)
+    if backlog > SWEEP_BACKLOG_LIMIT:
+        return f"{backlog} groups on the apply feed: events left to it; settled {settled} overdue"
     return f"re-applied {applied}, quarantined {quarantined}, settled {settled} overdue"
+
+
+async def _feed_backlog(deps: Deps) -> int:
+    """Groups waiting on the apply feed (0 when Redis cannot tell: sweep anyway)."""
+    try:
+        return int(await cast(Awaitable[int], deps.redis.llen(feed_key(deps.settings.queue_name))))
+    except (RedisError, OSError):
+        return 0
 
 
 # How long one BLPOP waits before looking again (and noticing a shutdown).

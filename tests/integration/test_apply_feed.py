@@ -19,7 +19,7 @@ from campaigns.models import WebhookEvent, utcnow
 from campaigns.store import events as store
 from campaigns.webhooks import feed_key
 from workers.context import build_deps, close_deps
-from workers.event_jobs import APPLY_GROUP, ApplyFeed
+from workers.event_jobs import APPLY_GROUP, SWEEP_BACKLOG_LIMIT, ApplyFeed, sweep_events
 
 
 def _event(i: int) -> store.NewEvent:
@@ -79,3 +79,39 @@ async def test_waiting_groups_are_merged_into_one_apply_and_none_is_lost(
     assert feed.applies == 2  # the five small groups in one apply, the big one alone
     assert await redis.llen(key) == 0
     await redis.aclose()
+
+
+async def test_the_sweeper_leaves_a_backlog_to_the_feed_and_sweeps_once_it_is_gone(
+    database_url: str, redis_url: str
+) -> None:
+    settings = replace(
+        Settings(database_url=database_url, redis_url=redis_url),
+        queue_name=f"test-feed-{uuid.uuid4().hex[:8]}",
+        early_event_timeout_seconds=1,
+    )
+    engine = make_async_engine(database_url)
+    async with engine.begin() as conn:
+        ids = await store.insert_events(conn, [_event(i) for i in range(5)])
+    await engine.dispose()
+    redis = await create_pool(RedisSettings.from_dsn(redis_url))
+    key = feed_key(settings.queue_name)
+    for event_id in ids:  # a backlog: more groups waiting than the sweep's limit
+        for _ in range(SWEEP_BACKLOG_LIMIT // len(ids) + 1):
+            await redis.rpush(key, json.dumps([event_id]))
+    deps = await build_deps(settings, redis)
+    try:
+        busy = await sweep_events({"deps": deps})
+        await redis.delete(key)  # the backlog drained (or Redis lost it)
+        done = await sweep_events({"deps": deps})
+        async with deps.sessions() as session:
+            handled = await session.scalar(
+                select(func.count()).where(
+                    WebhookEvent.id.in_(ids), WebhookEvent.quarantined.is_(True)
+                )
+            )
+    finally:
+        await close_deps(deps)
+        await redis.aclose()
+    assert busy.startswith(f"{len(ids) * (SWEEP_BACKLOG_LIMIT // len(ids) + 1)} groups")
+    assert done.startswith("re-applied 0, quarantined 5")
+    assert handled == len(ids)
