@@ -98,6 +98,7 @@ _KIND_RANK = {
 }
 _AMD_RANK = {None: 0, "unknown": 1, "human": 2, "machine": 3}
 _ANSWERED_REASONS = frozenset({"normal", "cancelled"})
+DISCONNECT_REASON_MAX = 32  # call_attempt.disconnect_reason
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,9 @@ def _fold_facts(fold: CallFold, event: Event, when: datetime) -> bool:
         fold.answered_at = _earliest(fold.answered_at, when)
     elif isinstance(event, CallDisconnected) and fold.disconnect_reason is None:
         state = AttemptState.ENDED
-        fold.disconnect_reason = event.disconnect_reason or "failed"
+        # As the provider wrote it, cut to its column (one odd event must not fail the
+        # whole group it is applied with).
+        fold.disconnect_reason = (event.disconnect_reason or "failed")[:DISCONNECT_REASON_MAX]
         fold.ended_at = when
     if state is not None and _STATE_RANK[state] > _STATE_RANK.get(fold.state, 0):
         fold.state = state

@@ -60,8 +60,12 @@ def make_async_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
         kwargs.setdefault("max_overflow", 10)
         kwargs.setdefault("pool_pre_ping", True)
         # Sessions in UTC: psycopg then returns `datetime.UTC` itself as the tzinfo, and
-        # reading a timestamp needs no conversion (hot in the event applier).
-        kwargs.setdefault("connect_args", {"options": "-c TimeZone=UTC"})
+        # reading a timestamp needs no conversion (hot in the event applier). Added to
+        # any `options` the URL gives (connect_args would replace them).
+        given = url.query.get("options")
+        given = given if isinstance(given, str) else " ".join(given or ())
+        options = f"{given} -c TimeZone=UTC".strip()
+        kwargs.setdefault("connect_args", {"options": options})
     engine = create_async_engine(url, **kwargs)
     if url.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

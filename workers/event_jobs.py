@@ -113,8 +113,8 @@ async def apply_events(ctx: dict[str, Any], event_ids: list[int]) -> str:
     except OperationalError as exc:  # a deadlock or a lost connection: run again
         log.warning("applying events failed (%s): retrying", exc.__class__.__name__)
         raise Retry(defer=timedelta(seconds=min(5.0, 0.1 * 2**tries))) from exc
-    if result.busy and tries < 8:  # calls another apply held: again, soon
-        raise Retry(defer=timedelta(seconds=BUSY_DEFER_SECONDS * tries))
+    if result.busy:  # calls another transaction held: to the feed, as the ingester does
+        await _push_to_feed(deps.redis, deps, result.busy)
     if result.waiting and tries < 8:
         raise Retry(defer=timedelta(seconds=min(5.0, 0.25 * 2 ** (tries - 1))))
     return (
@@ -172,6 +172,13 @@ async def sweep_events(ctx: dict[str, Any]) -> str:
     return f"re-applied {applied}, quarantined {quarantined}, settled {settled} overdue"
 
 
+async def _push_to_feed(redis: ArqRedis, deps: Deps, ids: list[int]) -> None:
+    try:
+        await enqueue_apply(redis, deps.settings.queue_name, ids)
+    except (RedisError, OSError) as exc:
+        log.warning("apply feed: %r; the sweeper applies what is stored", exc)
+
+
 async def _feed_backlog(deps: Deps) -> int:
     """Groups waiting on the apply feed (0 when Redis cannot tell: sweep anyway)."""
     try:
@@ -203,7 +210,7 @@ class ApplyFeed:
         self.redis = redis
         self.key = feed_key(deps.settings.queue_name)
         self._slots = asyncio.Semaphore(max(1, concurrency))
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.Task[None] | None = None
         self.applied = 0  # events applied
         self.applies = 0  # transactions that applied them
@@ -215,7 +222,7 @@ class ApplyFeed:
         """Stop popping; let the groups already popped finish."""
         if self._loop is not None:
             self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await self._loop
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -224,24 +231,36 @@ class ApplyFeed:
         while True:
             await self._slots.acquire()
             try:
-                item = await cast(
-                    Awaitable[list[bytes] | None],
-                    self.redis.blpop([self.key], timeout=FEED_BLOCK_SECONDS),
-                )
-            except (RedisError, OSError) as exc:
+                await self._next()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let the feed die: the sweeper backs what is lost
                 self._slots.release()
-                log.warning("apply feed: %r; the sweeper applies what is stored", exc)
+                log.exception("apply feed: popping a group failed; going on")
                 await asyncio.sleep(1.0)
-                continue
-            if item is None:
-                self._slots.release()
-                continue
-            ids = [int(i) for i in json.loads(item[1])]
-            if len(ids) < APPLY_GROUP:
-                ids += await self._more(APPLY_GROUP - len(ids))
-            task = asyncio.create_task(self._apply(ids))
-            self._tasks.add(task)
-            task.add_done_callback(self._done)
+
+    async def _next(self) -> None:
+        """Pop a group (and those waiting behind it) and start applying it; the caller
+        holds a slot, which this passes to the apply task or releases."""
+        try:
+            item = await cast(
+                Awaitable[list[bytes] | None],
+                self.redis.blpop([self.key], timeout=FEED_BLOCK_SECONDS),
+            )
+        except (RedisError, OSError) as exc:
+            self._slots.release()
+            log.warning("apply feed: %r; the sweeper applies what is stored", exc)
+            await asyncio.sleep(1.0)
+            return
+        if item is None:
+            self._slots.release()
+            return
+        ids = [int(i) for i in json.loads(item[1])]
+        if len(ids) < APPLY_GROUP:
+            ids += await self._more(APPLY_GROUP - len(ids))
+        task = asyncio.create_task(self._apply(ids))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
 
     async def _more(self, room: int) -> list[int]:
         """Groups already waiting behind the one popped, merged into it up to `room` ids
@@ -258,13 +277,18 @@ class ApplyFeed:
                 break
             more = [int(i) for i in json.loads(item)]
             if len(ids) + len(more) > room:
-                # Too big to merge: back to the head of the feed, for the next pop.
-                await cast(Awaitable[int], self.redis.lpush(self.key, item))
+                # Too big to merge: back to the head of the feed, for the next pop (or,
+                # if Redis fails now, applied with this group rather than lost).
+                try:
+                    await cast(Awaitable[int], self.redis.lpush(self.key, item))
+                except (RedisError, OSError) as exc:
+                    log.warning("apply feed: %r", exc)
+                    ids += more
                 break
             ids += more
         return ids
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error(
@@ -285,19 +309,23 @@ class ApplyFeed:
             self._slots.release()
             raise
         self._slots.release()
-        await _follow_up(self.deps, result)
         self.applied += result.applied
         self.applies += 1
-        if result.waiting:
-            await self._enqueue(result.waiting, 0.25)
         if result.busy:
-            # Their calls were being applied by another transaction: back on the feed,
-            # after a moment, for whichever worker pops them next.
-            await asyncio.sleep(BUSY_DEFER_SECONDS)
-            try:
-                await enqueue_apply(self.redis, self.deps.settings.queue_name, result.busy)
-            except (RedisError, OSError) as exc:
-                log.warning("apply feed: %r; the sweeper applies what is stored", exc)
+            asyncio.get_running_loop().call_later(BUSY_DEFER_SECONDS, self._push_back, result.busy)
+        try:
+            if result.waiting:
+                await self._enqueue(result.waiting, 0.25)
+            await _follow_up(self.deps, result)
+        except (RedisError, OSError) as exc:  # committed: the sweeper and timeouts cover it
+            log.warning("apply feed: after applying: %r", exc)
+
+    def _push_back(self, ids: list[int]) -> None:
+        """Events whose calls another transaction held: back on the feed, for whichever
+        worker pops them next."""
+        task = asyncio.create_task(_push_to_feed(self.redis, self.deps, ids))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
 
     async def _enqueue(self, ids: list[int], defer: float) -> None:
         await self.redis.enqueue_job(

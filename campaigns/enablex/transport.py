@@ -7,12 +7,14 @@ per request on the bench machine, several times the cost of applying the webhook
 asked for the command; this transport speaks HTTP/1.1 directly on pooled keep-alive
 connections (TLS too) and keeps httpx's API, errors and timeouts above it.
 
-Supported: one request at a time per connection, `Content-Length` and chunked response
-bodies, `Connection: close`, timeouts from the request (`connect`, `read`, `write`, `pool`).
-Not supported (not used by the EnableX API): request streaming, 1xx interim answers,
-upgrades, proxies. A pooled connection the server closed while idle is found stale before
-use, or on the first read of the answer with no byte received; the request is then sent
-once more on a fresh connection.
+Supported: one request at a time per connection, `Content-Length`, chunked and
+read-to-close response bodies, interim 1xx answers (skipped), `Connection: close`, timeouts
+from the request (`connect`, `read`, `write`, `pool`). Not supported (not used by the EnableX
+API): request streaming, upgrades, proxies. A pooled connection the server closed while
+idle is found stale before use; one found closed only when the answer is read (no byte
+received) is sent again on a fresh connection for idempotent methods only (GET, HEAD,
+OPTIONS, DELETE): a PUT of a play command raises `RemoteProtocolError` instead, and the
+caller's visible retry decides.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ import httpx
 
 _MAX_HEADER_BYTES = 64 * 1024
 _MAX_BODY_BYTES = 16 * 1024 * 1024
+# Requests sent again on a fresh connection when a pooled one turns out closed (a PUT of a
+# play command is not: it would play the prompt twice).
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 
 class _Connection:
@@ -79,8 +84,13 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
             if conn is not None:
                 try:
                     return await self._exchange(conn, key, request, head, body, timeouts)
-                except _Stale:
-                    pass
+                except _Stale as exc:
+                    # The pooled connection was closed by the server: the request may or
+                    # may not have reached it. Sent again only when that is harmless.
+                    if request.method not in _IDEMPOTENT:
+                        raise httpx.RemoteProtocolError(
+                            "connection closed without an answer", request=request
+                        ) from exc
             conn = await self._connect(key, request, timeouts.get("connect"))
             try:
                 return await self._exchange(conn, key, request, head, body, timeouts)
@@ -106,7 +116,9 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
         scheme, host, port = key
         context: ssl.SSLContext | None = None
         if scheme == "https":
-            context = self._ssl or ssl.create_default_context()
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            context = self._ssl
         try:
             async with asyncio.timeout(limit):
                 reader, writer = await asyncio.open_connection(
@@ -140,6 +152,9 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
         except OSError as exc:
             conn.close()
             raise _Stale() from exc
+        except BaseException:  # cancelled: the connection is in an unknown state
+            conn.close()
+            raise
         try:
             async with asyncio.timeout(timeouts.get("read")):
                 status, headers, content, keep = await _read_response(conn.reader, request.method)
@@ -152,6 +167,9 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
         except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
             conn.close()
             raise httpx.RemoteProtocolError(f"bad answer: {exc!r}", request=request) from exc
+        except BaseException:
+            conn.close()
+            raise
         if keep and not self._closed:
             self._idle[key].append(conn)
         else:
@@ -185,18 +203,25 @@ def _head(request: httpx.Request, port: int) -> bytes:
 async def _read_response(
     reader: asyncio.StreamReader, method: str
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
-    """(status, headers, body, keep the connection)."""
-    try:
-        raw = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial:
-            raise _Stale() from exc
-        raise
-    lines = raw[:-4].split(b"\r\n")
-    parts = lines[0].split(b" ", 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
-        raise ValueError(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
-    status = int(parts[1])
+    """(status, headers, body, keep the connection). Interim 1xx answers are skipped."""
+    first = True
+    while True:
+        try:
+            raw = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as exc:
+            if first and not exc.partial:
+                raise _Stale() from exc
+            raise
+        first = False
+        lines = raw[:-4].split(b"\r\n")
+        parts = lines[0].split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+            raise ValueError(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
+        status = int(parts[1])
+        if not 100 <= status < 200 or status == 101:
+            break
+    if status == 101:
+        raise ValueError("the server switched protocols")
     headers: list[tuple[bytes, bytes]] = []
     length: int | None = None
     chunked = False
@@ -212,7 +237,7 @@ async def _read_response(
             chunked = b"chunked" in value.lower()
         elif lower == b"connection":
             keep = value.lower() != b"close" and (keep or value.lower() == b"keep-alive")
-    if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+    if method == "HEAD" or status in (204, 304):
         return status, headers, b"", keep
     if chunked:
         body = bytearray()
@@ -232,4 +257,9 @@ async def _read_response(
             raise ValueError("answer body too large")
         return status, headers, await reader.readexactly(length), keep
     # No length: the body runs to the end of the connection.
-    return status, headers, await reader.read(_MAX_BODY_BYTES), False
+    body = bytearray()
+    while chunk := await reader.read(65536):
+        body += chunk
+        if len(body) > _MAX_BODY_BYTES:
+            raise ValueError("answer body too large")
+    return status, headers, bytes(body), False

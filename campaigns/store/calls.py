@@ -298,6 +298,8 @@ def _recordset(dialect: Dialect, table: Table, columns: Sequence[str]) -> str:
 
 def _json_default(value: Any) -> Any:
     if isinstance(value, datetime):
+        if value.tzinfo is None:  # as models.UTCDateTime refuses them
+            raise ValueError("naive datetime given where an aware UTC datetime is required")
         return value.isoformat()
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 

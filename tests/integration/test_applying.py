@@ -451,6 +451,19 @@ async def test_a_call_held_by_another_transaction_is_left_for_later_not_waited_f
     assert (await world.snapshot(phone))["attempt"]["state"] == "connected"
 
 
+async def test_an_overlong_disconnect_reason_is_cut_and_fails_nothing_else(
+    world_factory: Callable[..., Any],
+) -> None:
+    odd, fine = us_numbers(2)
+    world: World = await world_factory([odd, fine])
+    odd_events = Script(odd).add(state="initiated").hangup("carrier-said-" + "x" * 40).events
+    result = await world.deliver(odd_events + completed(fine).events)
+    assert result.applied == len(odd_events) + len(completed(fine).events)
+    reason = (await world.snapshot(odd))["attempt"]["disconnect_reason"]
+    assert reason == ("carrier-said-" + "x" * 40)[:32]
+    assert (await world.snapshot(fine))["attempt"]["outcome"] == "completed"
+
+
 async def test_no_command_is_sent_to_a_call_that_has_ended(
     world_factory: Callable[..., Any],
 ) -> None:

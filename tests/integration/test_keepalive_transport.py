@@ -93,6 +93,54 @@ async def test_a_chunked_answer_is_read_whole() -> None:
     assert response.json() == {"play_id": "p-123"}
 
 
+async def test_interim_answers_are_skipped_and_a_body_may_run_to_the_close() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+        writer.write(b'{"playstate":')
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the rest of the body comes later
+        writer.write(b' "initiated"}')
+        await writer.drain()
+        writer.close()
+
+    async for base in _serve(handler):
+        async with httpx.AsyncClient(transport=KeepAliveTransport()) as client:
+            response = await client.put(f"{base}/x", content=b"{}")
+    assert response.status_code == 200
+    assert response.json() == {"playstate": "initiated"}
+
+
+async def test_a_play_is_never_sent_twice_behind_the_callers_back() -> None:
+    """A pooled connection closed after the request went out: the server may have acted on
+    it, so a PUT (a prompt played) is an error for the caller; a DELETE goes again."""
+    received: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                request = await _read_request(reader)
+                received.append(request.split(b" ", 1)[0])
+                if len(received) in (2, 4):  # acted on, then gone without answering
+                    writer.close()
+                    return
+                writer.write(_answer(b"{}"))
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            writer.close()
+
+    async for base in _serve(handler):
+        async with httpx.AsyncClient(transport=KeepAliveTransport()) as client:
+            await client.put(f"{base}/x", content=b"{}")
+            with pytest.raises(httpx.RemoteProtocolError):
+                await client.put(f"{base}/x", content=b"{}")
+            await client.put(f"{base}/x", content=b"{}")
+            response = await client.delete(f"{base}/x")
+    assert response.status_code == 200
+    assert received == [b"PUT", b"PUT", b"PUT", b"DELETE", b"DELETE"]
+
+
 async def test_a_late_answer_is_a_read_timeout_and_a_closed_port_a_connect_error() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_request(reader)
