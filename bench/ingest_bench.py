@@ -636,6 +636,30 @@ async def ivr_figures(clock: TurnClock, sim: Any, url: str) -> dict[str, Any]:
     from campaigns.db import make_async_engine
 
     turns, missing = digit_turns(sim.ledger())
+    if os.environ.get("BENCH_DUMP_LEDGER"):
+        Path(os.environ["BENCH_DUMP_LEDGER"]).write_text(json.dumps(sim.ledger(), default=str))
+        from sqlalchemy import text as sql_text
+
+        from campaigns.db import make_async_engine as make
+
+        dump_engine = make(url)
+        voice_ids = [r["voice_id"] for r in sim.ledger()]
+        async with dump_engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sql_text(
+                        "SELECT id, voice_id, extract(epoch FROM received_at), "
+                        "extract(epoch FROM applied_at), payload->>'state', "
+                        "payload->>'playstate', payload->>'prompt_ref', quarantined, error "
+                        "FROM webhook_event WHERE voice_id = ANY(:ids) ORDER BY id"
+                    ),
+                    {"ids": voice_ids},
+                )
+            ).all()
+        await dump_engine.dispose()
+        Path(os.environ["BENCH_DUMP_LEDGER"] + ".events").write_text(
+            json.dumps([list(map(str, r)) for r in rows])
+        )
     stages: dict[str, list[float]] = {"stored": [], "job": [], "play": []}
     engine = make_async_engine(url)
     async with engine.connect() as conn:

@@ -7,8 +7,8 @@ are applied once (`applied_at`, under a lock), settling is idempotent.
 
 The ingester pushes each commit group's event ids onto the apply feed (a Redis list);
 `ApplyFeed`, started with every worker, pops them with BLPOP and applies them at once, up
-to `APPLY_CONCURRENCY` transactions at a time (groups already waiting are merged, up to
-`APPLY_GROUP` ids; the IVR commands go out after the commit, outside that bound): one Redis
+to `APPLY_CONCURRENCY` groups at a time (groups already waiting are merged, up to
+`APPLY_GROUP` ids; a group's slot is held until its IVR commands are sent): one Redis
 round trip between the ingester's commit and the apply, which is what an IVR turn waits
 for. Events whose call another transaction holds are skipped, not waited for, and pushed
 back on the feed a moment later. Groups that must wait (events of a
@@ -296,29 +296,31 @@ class ApplyFeed:
             )
 
     async def _apply(self, ids: list[int]) -> None:
-        # The slot bounds the database work only: it is freed at the commit, so that the
-        # next group applies while this one's IVR commands are on their way.
+        # The slot is held until this group's IVR commands are sent: that is the feed's
+        # back-pressure. Freed at the commit instead, applying outran the sending under
+        # load, the commands queued up, and a live call's next prompt waited behind
+        # thousands of others until the person hung up (bench/ingest_bench.py).
         try:
-            result = await _apply_in_db(self.deps, ids)
-        except SQLAlchemyError as exc:  # a deadlock or a lost connection: the job retries
+            try:
+                result = await _apply_in_db(self.deps, ids)
+            except SQLAlchemyError as exc:  # a deadlock or a lost connection: a job retries
+                log.warning("applying events failed (%s): handed to a job", exc.__class__.__name__)
+                await self._enqueue(ids, 0.1)
+                return
+            self.applied += result.applied
+            self.applies += 1
+            if result.busy:
+                asyncio.get_running_loop().call_later(
+                    BUSY_DEFER_SECONDS, self._push_back, result.busy
+                )
+            try:
+                if result.waiting:
+                    await self._enqueue(result.waiting, 0.25)
+                await _follow_up(self.deps, result)
+            except (RedisError, OSError) as exc:  # committed: the sweeper and timeouts cover it
+                log.warning("apply feed: after applying: %r", exc)
+        finally:
             self._slots.release()
-            log.warning("applying events failed (%s): handed to a job", exc.__class__.__name__)
-            await self._enqueue(ids, 0.1)
-            return
-        except BaseException:
-            self._slots.release()
-            raise
-        self._slots.release()
-        self.applied += result.applied
-        self.applies += 1
-        if result.busy:
-            asyncio.get_running_loop().call_later(BUSY_DEFER_SECONDS, self._push_back, result.busy)
-        try:
-            if result.waiting:
-                await self._enqueue(result.waiting, 0.25)
-            await _follow_up(self.deps, result)
-        except (RedisError, OSError) as exc:  # committed: the sweeper and timeouts cover it
-            log.warning("apply feed: after applying: %r", exc)
 
     def _push_back(self, ids: list[int]) -> None:
         """Events whose calls another transaction held: back on the feed, for whichever
