@@ -637,7 +637,8 @@ async def ivr_figures(clock: TurnClock, sim: Any, url: str) -> dict[str, Any]:
 
     turns, missing = digit_turns(sim.ledger())
     if os.environ.get("BENCH_DUMP_LEDGER"):
-        Path(os.environ["BENCH_DUMP_LEDGER"]).write_text(json.dumps(sim.ledger(), default=str))
+        dump = Path(os.environ["BENCH_DUMP_LEDGER"])
+        await asyncio.to_thread(dump.write_text, json.dumps(sim.ledger(), default=str))
         from sqlalchemy import text as sql_text
 
         from campaigns.db import make_async_engine as make
@@ -657,9 +658,8 @@ async def ivr_figures(clock: TurnClock, sim: Any, url: str) -> dict[str, Any]:
                 )
             ).all()
         await dump_engine.dispose()
-        Path(os.environ["BENCH_DUMP_LEDGER"] + ".events").write_text(
-            json.dumps([list(map(str, r)) for r in rows])
-        )
+        events = json.dumps([list(map(str, r)) for r in rows])
+        await asyncio.to_thread(Path(f"{dump}.events").write_text, events)
     stages: dict[str, list[float]] = {"stored": [], "job": [], "play": []}
     engine = make_async_engine(url)
     async with engine.connect() as conn:
