@@ -115,3 +115,36 @@ async def test_the_sweeper_leaves_a_backlog_to_the_feed_and_sweeps_once_it_is_go
     assert busy.startswith(f"{len(ids) * (SWEEP_BACKLOG_LIMIT // len(ids) + 1)} groups")
     assert done.startswith("re-applied 0, quarantined 5")
     assert handled == len(ids)
+
+
+async def test_a_malformed_feed_entry_does_not_stop_the_feed(
+    database_url: str, redis_url: str
+) -> None:
+    settings = replace(
+        Settings(database_url=database_url, redis_url=redis_url),
+        queue_name=f"test-feed-{uuid.uuid4().hex[:8]}",
+        early_event_timeout_seconds=1,
+    )
+    engine = make_async_engine(database_url)
+    async with engine.begin() as conn:
+        ids = await store.insert_events(conn, [_event(i) for i in range(3)])
+    await engine.dispose()
+    redis = await create_pool(RedisSettings.from_dsn(redis_url))
+    key = feed_key(settings.queue_name)
+    await redis.rpush(key, b"not json at all")
+    deps = await build_deps(settings, redis)
+    feed = ApplyFeed(deps, redis, concurrency=1)
+    feed.start()
+    try:
+        await asyncio.sleep(0.2)
+        await redis.rpush(key, json.dumps(ids))  # after the bad entry was popped
+        for _ in range(100):
+            if feed.applies >= 1:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await feed.close()
+        await close_deps(deps)
+        await redis.aclose()
+    assert feed.applies == 1
+    assert feed.applied == 0  # quarantined (never submitted), handled all the same
