@@ -30,6 +30,13 @@ Matching. An event for a broadcast we do not know (yet) may be early: the POST /
 answer is not recorded yet. It stays unapplied and is retried until `early_timeout`, then
 quarantined. An event for a known broadcast but a number it never had, or a voice_id that
 contradicts the attempt's, is quarantined at once. Quarantined events are never applied.
+
+Cost. A group of events takes a fixed number of statements (`campaigns.store.calls`), and
+each call's fold is kept in this process (`_FOLDS`) to be extended by its next events: the
+kept fold is used only when the call's history in the database is exactly, by content,
+the events it holds, and extended only by events that happened after all of them;
+anything else folds the whole history again, so the result is always `fold_call` over the
+stored set.
 """
 
 from __future__ import annotations
@@ -465,9 +472,10 @@ async def apply_events(
 ) -> ApplyResult:
     """Apply the given stored events (those not applied yet), in the caller's transaction.
 
-    A fixed number of statements per call, whatever the number of events: claim, match,
-    lock the attempts, read the calls' history, then one write per kind (attempts,
-    answers, settling, applied marks)."""
+    A fixed number of statements per group, whatever the number of events and calls:
+    claim, match, lock the attempts, read the calls' history, then one write per kind
+    (attempts, answers, settling, applied marks). Events of a call another transaction
+    holds are left unapplied and listed in `busy`, for the caller to hand back."""
     result = ApplyResult()
     if not event_ids:
         return result
