@@ -235,9 +235,18 @@ def fold_call(
     Pure and deterministic: the same set of events gives the same fold, whatever order
     they were delivered in and however many times.
     """
+    return _fold_all(defn, events, attributes)[0]
+
+
+def _fold_all(
+    defn: CampaignDefinition, events: Iterable[TimedEvent], attributes: Mapping[str, Any]
+) -> tuple[CallFold, frozenset[str], tuple[Any, ...] | None]:
+    """`fold_call`, with the keys folded and the order key of the latest event."""
+    ordered = sorted(events, key=lambda e: order_key(defn, e))
     fold = CallFold()
-    _fold_into(defn, fold, set(), sorted(events, key=lambda e: order_key(defn, e)), attributes)
-    return fold
+    seen: set[str] = set()
+    _fold_into(defn, fold, seen, ordered, attributes)
+    return fold, frozenset(seen), order_key(defn, ordered[-1]) if ordered else None
 
 
 def _fold_into(
@@ -317,32 +326,21 @@ def _fold_both(
     extended with the new events when they all happened after it."""
     history = frozenset((r.payload, r.received_at) for r in past_rows)
     new = [_timed(r, e) for r, e in new_rows]
+
+    def past() -> list[TimedEvent]:  # only when the kept fold cannot serve
+        return [_timed(r, e) for r in past_rows if (e := _parse(r.payload, amd_field)) is not None]
+
     memo = _FOLDS.get(voice_id)
-    extended = None
     if (
-        memo is not None
-        and memo.events == history
-        and memo.defn is defn
-        and memo.attributes == attributes
+        memo is None
+        or memo.events != history
+        or memo.defn is not defn
+        or memo.attributes != attributes
     ):
-        before = memo.fold
-        extended = _extend(defn, memo, new, attributes)
-    else:
-        past = [_timed(r, e) for r in past_rows if (e := _parse(r.payload, amd_field)) is not None]
-        ordered = sorted(past, key=lambda e: order_key(defn, e))
-        before = CallFold()
-        seen: set[str] = set()
-        _fold_into(defn, before, seen, ordered, attributes)
-        last = order_key(defn, ordered[-1]) if ordered else None
-        memo = _Folded(history, defn, dict(attributes), before, frozenset(seen), last)
-        extended = _extend(defn, memo, new, attributes)
-    if extended is None:  # a new event happened before one folded already: fold it all
-        past = [_timed(r, e) for r in past_rows if (e := _parse(r.payload, amd_field)) is not None]
-        everything = sorted(past + new, key=lambda e: order_key(defn, e))
-        after = CallFold()
-        seen_all: set[str] = set()
-        _fold_into(defn, after, seen_all, everything, attributes)
-        extended = (after, frozenset(seen_all), order_key(defn, everything[-1]))
+        memo = _Folded(history, defn, dict(attributes), *_fold_all(defn, past(), attributes))
+    before = memo.fold
+    # A new event that happened before one folded already: fold everything again.
+    extended = _extend(defn, memo, new, attributes) or _fold_all(defn, past() + new, attributes)
     after, seen_after, last_after = extended
     if len(_FOLDS) >= FOLD_CACHE_SIZE and voice_id not in _FOLDS:
         del _FOLDS[next(iter(_FOLDS))]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, cast
 
@@ -78,26 +78,7 @@ class AttemptRow:
 
 
 # The attempt's own columns, in AttemptRow's order (then broadcast_id, time_zones).
-_ROW_COLUMNS = (
-    "id",
-    "recipient_id",
-    "campaign_id",
-    "batch_id",
-    "attempt_no",
-    "phone",
-    "voice_id",
-    "state",
-    "amd_result",
-    "disconnect_reason",
-    "outcome",
-    "poll_step",
-    "poll_tries",
-    "ivr_state",
-    "started_at",
-    "answered_at",
-    "ended_at",
-    "settled_at",
-)
+_ROW_COLUMNS = tuple(f.name for f in fields(AttemptRow))[:-2]
 # What applying a fold may change on an attempt.
 _FOLD_COLUMNS = (
     "voice_id",
