@@ -41,18 +41,25 @@ def _event(i: int) -> store.NewEvent:
     )
 
 
-async def test_waiting_groups_are_merged_into_one_apply_and_none_is_lost(
-    database_url: str, redis_url: str
-) -> None:
+async def _stored(database_url: str, redis_url: str, count: int) -> tuple[Settings, list[int]]:
+    """Settings on a fresh queue, and `count` stored events of broadcasts never submitted
+    (quarantined when applied: `early_event_timeout_seconds` is 1, they are an hour old)."""
     settings = replace(
         Settings(database_url=database_url, redis_url=redis_url),
         queue_name=f"test-feed-{uuid.uuid4().hex[:8]}",
-        early_event_timeout_seconds=1,  # events of broadcasts never submitted: quarantined
+        early_event_timeout_seconds=1,
     )
     engine = make_async_engine(database_url)
     async with engine.begin() as conn:
-        ids = await store.insert_events(conn, [_event(i) for i in range(APPLY_GROUP + 10)])
+        ids = await store.insert_events(conn, [_event(i) for i in range(count)])
     await engine.dispose()
+    return settings, ids
+
+
+async def test_waiting_groups_are_merged_into_one_apply_and_none_is_lost(
+    database_url: str, redis_url: str
+) -> None:
+    settings, ids = await _stored(database_url, redis_url, APPLY_GROUP + 10)
     small, big = ids[:10], ids[10:]
     redis = await create_pool(RedisSettings.from_dsn(redis_url))
     key = feed_key(settings.queue_name)
@@ -84,15 +91,7 @@ async def test_waiting_groups_are_merged_into_one_apply_and_none_is_lost(
 async def test_the_sweeper_leaves_a_backlog_to_the_feed_and_sweeps_once_it_is_gone(
     database_url: str, redis_url: str
 ) -> None:
-    settings = replace(
-        Settings(database_url=database_url, redis_url=redis_url),
-        queue_name=f"test-feed-{uuid.uuid4().hex[:8]}",
-        early_event_timeout_seconds=1,
-    )
-    engine = make_async_engine(database_url)
-    async with engine.begin() as conn:
-        ids = await store.insert_events(conn, [_event(i) for i in range(5)])
-    await engine.dispose()
+    settings, ids = await _stored(database_url, redis_url, 5)
     redis = await create_pool(RedisSettings.from_dsn(redis_url))
     key = feed_key(settings.queue_name)
     for event_id in ids:  # a backlog: more groups waiting than the sweep's limit
@@ -120,15 +119,7 @@ async def test_the_sweeper_leaves_a_backlog_to_the_feed_and_sweeps_once_it_is_go
 async def test_a_malformed_feed_entry_does_not_stop_the_feed(
     database_url: str, redis_url: str
 ) -> None:
-    settings = replace(
-        Settings(database_url=database_url, redis_url=redis_url),
-        queue_name=f"test-feed-{uuid.uuid4().hex[:8]}",
-        early_event_timeout_seconds=1,
-    )
-    engine = make_async_engine(database_url)
-    async with engine.begin() as conn:
-        ids = await store.insert_events(conn, [_event(i) for i in range(3)])
-    await engine.dispose()
+    settings, ids = await _stored(database_url, redis_url, 3)
     redis = await create_pool(RedisSettings.from_dsn(redis_url))
     key = feed_key(settings.queue_name)
     await redis.rpush(key, b"not json at all")
