@@ -80,9 +80,13 @@ async def enqueue_apply(redis: ArqRedis, queue_name: str, event_ids: list[int]) 
     """Hand a group of stored events to the workers: one entry (the ids, as JSON) on the
     apply feed, which a worker pops at once (`workers.event_jobs.ApplyFeed`). It is only a
     wake-up: the events are in SQL already, and the sweeper applies any a lost Redis or a
-    dead worker left behind."""
-    if event_ids:
+    dead worker left behind: a Redis failure is logged, never raised."""
+    if not event_ids:
+        return
+    try:
         await cast(Awaitable[int], redis.rpush(feed_key(queue_name), json.dumps(event_ids)))
+    except (RedisError, OSError, TimeoutError) as exc:
+        log.warning("could not put %d stored events on the apply feed: %r", len(event_ids), exc)
 
 
 class StoreUnavailable(Exception):
@@ -163,18 +167,11 @@ class GroupWriter:
                 group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
                 conn, ids = await self._insert(conn, group)
                 if ids:
-                    self._spawn(self._enqueue(ids))
+                    self._spawn(enqueue_apply(self._redis, self._queue_name, ids))
         finally:
             self._active -= 1
             if conn is not None:
                 await _discard(conn)  # back to the pool
-
-    async def _enqueue(self, ids: list[int]) -> None:
-        try:
-            await enqueue_apply(self._redis, self._queue_name, ids)
-        except (RedisError, OSError, TimeoutError) as exc:
-            # Stored: the sweeper applies it. Redis may be lost without losing events.
-            log.warning("could not enqueue %d stored events: %r", len(ids), exc)
 
     async def _insert(
         self, conn: AsyncConnection | None, group: list[_Pending]

@@ -114,7 +114,7 @@ async def apply_events(ctx: dict[str, Any], event_ids: list[int]) -> str:
         log.warning("applying events failed (%s): retrying", exc.__class__.__name__)
         raise Retry(defer=timedelta(seconds=min(5.0, 0.1 * 2**tries))) from exc
     if result.busy:  # calls another transaction held: to the feed, as the ingester does
-        await _push_to_feed(deps.redis, deps, result.busy)
+        await enqueue_apply(deps.redis, deps.settings.queue_name, result.busy)
     if result.waiting and tries < 8:
         raise Retry(defer=timedelta(seconds=min(5.0, 0.25 * 2 ** (tries - 1))))
     return (
@@ -170,13 +170,6 @@ async def sweep_events(ctx: dict[str, Any]) -> str:
     if backlog > SWEEP_BACKLOG_LIMIT:
         return f"{backlog} groups on the apply feed: events left to it; settled {settled} overdue"
     return f"re-applied {applied}, quarantined {quarantined}, settled {settled} overdue"
-
-
-async def _push_to_feed(redis: ArqRedis, deps: Deps, ids: list[int]) -> None:
-    try:
-        await enqueue_apply(redis, deps.settings.queue_name, ids)
-    except (RedisError, OSError) as exc:
-        log.warning("apply feed: %r; the sweeper applies what is stored", exc)
 
 
 async def _feed_backlog(deps: Deps) -> int:
@@ -325,7 +318,7 @@ class ApplyFeed:
     def _push_back(self, ids: list[int]) -> None:
         """Events whose calls another transaction held: back on the feed, for whichever
         worker pops them next."""
-        task = asyncio.create_task(_push_to_feed(self.redis, self.deps, ids))
+        task = asyncio.create_task(enqueue_apply(self.redis, self.deps.settings.queue_name, ids))
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
