@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from alembic import context
+from sqlalchemy import Connection
 
 from campaigns.config import Settings
 from campaigns.db import make_engine
@@ -45,7 +46,7 @@ def run_migrations_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = make_engine(_database_url())
+    engine = make_engine(_database_url(), migrating=True)
     try:
         with engine.connect() as conn:
             context.configure(
@@ -56,8 +57,23 @@ def run_migrations_online() -> None:
             )
             with context.begin_transaction():
                 context.run_migrations()
+                _check_sqlite_foreign_keys(conn)
     finally:
         engine.dispose()
+
+
+def _check_sqlite_foreign_keys(conn: Connection) -> None:
+    """SQLite migrates with foreign keys off (see `make_engine`): refuse to commit a schema
+    change that left a row pointing at nothing."""
+    if conn.dialect.name != "sqlite":
+        return
+    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        table, rowid, parent, _ = broken[0]
+        raise RuntimeError(
+            f"migration left {len(broken)} broken foreign key(s), e.g. {table} row {rowid} "
+            f"-> {parent}"
+        )
 
 
 if context.is_offline_mode():

@@ -10,12 +10,14 @@ import pytest
 from alembic import command
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 
 from campaigns import migrate
 from campaigns.db import make_engine
 from campaigns.errors import SchemaError
 from campaigns.models import Base
 from tests.conftest import BACKEND, POSTGRES_URL
+from tests.integration.factories import campaign_toml, create_campaign, make_list, us_numbers
 
 
 @pytest.fixture
@@ -64,3 +66,56 @@ def test_ensure_schema_upgrades_sqlite_and_refuses_a_postgresql_behind(
         with pytest.raises(SchemaError, match="campaign db upgrade"):
             migrate.ensure_schema(empty_database)
         assert _tables(empty_database) == set()
+
+
+def _count(url: str, sql: str) -> int:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text(sql)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def test_a_contact_must_name_an_existing_list_and_leaves_with_it(database_url: str) -> None:
+    """contact.list_id has no FOREIGN KEY (0002): its triggers keep the same rule."""
+    kept = make_list(database_url, us_numbers(3), name="kept")
+    gone = make_list(database_url, us_numbers(2, start=10), name="gone")
+    engine = make_engine(database_url)
+    try:
+        with pytest.raises(IntegrityError, match="no such contact_list"), engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO contact (list_id, phone, attributes) "
+                    "VALUES (:list_id, '+12025550199', '{}')"
+                ),
+                {"list_id": kept + gone + 100},
+            )
+        with pytest.raises(IntegrityError, match="no such contact_list"), engine.begin() as conn:
+            conn.execute(
+                text("UPDATE contact SET list_id = :other WHERE list_id = :list_id"),
+                {"other": kept + gone + 100, "list_id": kept},
+            )
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM contact_list WHERE id = :id"), {"id": gone})
+    finally:
+        engine.dispose()
+    assert _count(database_url, f"SELECT count(*) FROM contact WHERE list_id = {kept}") == 3
+    assert _count(database_url, f"SELECT count(*) FROM contact WHERE list_id = {gone}") == 0
+
+
+async def test_migrating_contact_keeps_the_rows_that_reference_it(empty_database: str) -> None:
+    """0002 rebuilds `contact` on SQLite: recipients that point at contacts must survive it
+    (with foreign keys enforced, dropping the old table would cascade into them), and the
+    downgrade back to the foreign key too."""
+    migrate.upgrade(empty_database, "0001")
+    make_list(empty_database, us_numbers(4), name="list")
+    await create_campaign(empty_database, campaign_toml(list_name="list"))
+    before = _count(empty_database, "SELECT count(*) FROM recipient")
+    assert before == 4
+    migrate.upgrade(empty_database)
+    assert _count(empty_database, "SELECT count(*) FROM recipient") == before
+    assert _count(empty_database, "SELECT count(*) FROM contact") == 4
+    migrate.downgrade(empty_database, "0001")
+    assert _count(empty_database, "SELECT count(*) FROM recipient") == before
+    assert _count(empty_database, "SELECT count(*) FROM contact") == 4
