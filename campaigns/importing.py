@@ -28,13 +28,19 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 from sqlalchemy import Connection
 
 from campaigns.errors import InputFileError
-from campaigns.phones import PhoneReject, PhoneResult, normalise, normalise_many
+from campaigns.phones import (
+    NormalisedColumns,
+    PhoneResult,
+    normalise,
+    normalise_columns,
+)
 
 if TYPE_CHECKING:
     from campaigns.store.contacts import Staging
@@ -710,56 +716,45 @@ class Validator:
         columns = chunk.columns
         count = len(columns[0])
         encoded = pc.dictionary_encode(columns[self.phone_index])
-        distinct: list[str] = encoded.dictionary.to_pylist()
-        results = self._normalise(distinct)
-        e164 = pa.array(
-            [r.e164 if isinstance(r, PhoneResult) else None for r in results], pa.string()
-        )
+        normalised = self._normalise(encoded.dictionary)
+        e164 = normalised.e164
         codes = encoded.indices
         out = ValidatedColumns(contacts=contacts_table([]), rows=count)
+        row_e164 = pc.take(e164, codes)
+        # The first row of each number not seen before is kept; the other valid rows are
+        # duplicates (the same number written again, here or in an earlier chunk).
+        numbers = pc.dictionary_encode(row_e164)
+        found, first = np.unique(
+            pc.fill_null(numbers.indices, -1).to_numpy(zero_copy_only=False), return_index=True
+        )
+        if len(found) and found[0] == -1:  # rows without a valid number
+            found, first = found[1:], first[1:]
         seen = self.seen
-        keep: list[int] = []
-        duplicates = 0
-        add, append = seen.add, keep.append
-        for index, phone in enumerate(pc.take(e164, codes).to_pylist()):
-            if phone is None:
-                continue
-            if phone in seen:
-                duplicates += 1
-                continue
-            add(phone)
-            append(index)
-        out.duplicates = duplicates
-        bad = pc.indices_nonzero(pc.is_null(pc.take(e164, codes))).to_pylist()
-        if bad:
-            code_list = codes.to_pylist()
-            for index in bad:
-                result = results[code_list[index]]
-                assert not isinstance(result, PhoneResult)
-                if result.reason == "empty" and not any(
+        fresh = [phone not in seen for phone in pc.take(numbers.dictionary, found).to_pylist()]
+        seen.update(pc.take(numbers.dictionary, found).to_pylist())
+        keep = np.sort(first[np.array(fresh, dtype=bool)])
+        out.duplicates = (count - row_e164.null_count) - len(keep)
+        bad = pc.indices_nonzero(pc.is_null(row_e164))
+        if len(bad):
+            raws = pc.take(columns[self.phone_index], bad).to_pylist()
+            reasons = pc.take(normalised.reason, pc.take(codes, bad)).to_pylist()
+            for index, raw, reason in zip(bad.to_pylist(), raws, reasons, strict=True):
+                if reason == "empty" and not any(
                     str(column[index].as_py()).strip() for column in columns
                 ):
                     out.rows -= 1  # blank line: not a row of the list
                     continue
-                out.rejects.append(
-                    Reject(chunk.first_row + index, distinct[code_list[index]], result.reason)
-                )
-        kept = pa.array(keep, pa.int64())
+                out.rejects.append(Reject(chunk.first_row + index, raw, reason))
+        kept = pa.array(keep.astype(np.int64))
         kept_codes = pc.take(codes, kept)
-        notes = [r.note if isinstance(r, PhoneResult) else None for r in results]
-        if any(notes):
-            for index, note in zip(
-                keep, pc.take(pa.array(notes, pa.string()), kept_codes).to_pylist(), strict=True
-            ):
+        if pc.any(pc.is_valid(normalised.note)).as_py():
+            notes = pc.take(normalised.note, kept_codes).to_pylist()
+            for index, note in zip(keep.tolist(), notes, strict=True):
                 if note:
                     out.notes += 1
                     log.info("row %d: %s", chunk.first_row + index, note)
-        region = pa.array(
-            [r.region if isinstance(r, PhoneResult) else None for r in results], pa.string()
-        )
-        zones = pa.array(
-            [r.time_zones if isinstance(r, PhoneResult) else None for r in results], pa.string()
-        )
+        region = normalised.region
+        zones = normalised.time_zones
         if self.name_index is None:
             name = pa.nulls(len(keep), pa.string())
         else:
@@ -781,13 +776,15 @@ class Validator:
         )
         return out
 
-    def _normalise(self, values: list[str]) -> list[PhoneResult | PhoneReject]:
+    def _normalise(self, values: pa.Array) -> NormalisedColumns:
         rejected = self.rejected
-        results = normalise_many(values, self.region, known=rejected)
-        for raw, result in zip(values, results, strict=True):
-            if not isinstance(result, PhoneResult) and len(rejected) < 10_000:
-                rejected[raw] = result.reason
-        return results
+        normalised = normalise_columns(values, self.region, known=rejected)
+        if len(rejected) < 10_000:
+            bad = pc.indices_nonzero(pc.is_valid(normalised.reason))[: 10_000 - len(rejected)]
+            raws = pc.take(values, bad).to_pylist()
+            reasons = pc.take(normalised.reason, bad).to_pylist()
+            rejected.update(zip(raws, reasons, strict=True))
+        return normalised
 
 
 # Python's whitespace (str.strip), for pyarrow's trim.
@@ -907,6 +904,7 @@ def import_file(
         duplicates=summary.duplicates,
         invalid=summary.invalid,
         suppressed_dnc=summary.suppressed_dnc,
+        held=counts.inserted if staging.direct else None,
     )
     summary.seconds = time.perf_counter() - started
     return summary

@@ -111,24 +111,29 @@ async def transition(
 
 
 async def fan_out_recipients(session: AsyncSession, campaign: Campaign, now: datetime) -> int:
-    """One recipient row per contact of the campaign's list, in one set-based statement.
+    """One recipient row per contact of the campaign's list, in one set-based statement,
+    in the list's own row order (an import may store a block's contacts in phone order).
 
     Numbers on the DNC list become `suppressed` with final outcome `dnc`.
     """
     on_dnc = exists().where(DncNumber.phone == Contact.phone)
-    rows = select(
-        literal(campaign.id),
-        Contact.id,
-        Contact.phone,
-        Contact.time_zones,
-        case(
-            (on_dnc, literal(RecipientStatus.SUPPRESSED.value)),
-            else_=literal(RecipientStatus.PENDING.value),
-        ),
-        literal(0),
-        case((on_dnc, literal(DNC_OUTCOME)), else_=literal(None)),
-        literal(now, type_=Recipient.__table__.c.updated_at.type),
-    ).where(Contact.list_id == campaign.list_id)
+    rows = (
+        select(
+            literal(campaign.id),
+            Contact.id,
+            Contact.phone,
+            Contact.time_zones,
+            case(
+                (on_dnc, literal(RecipientStatus.SUPPRESSED.value)),
+                else_=literal(RecipientStatus.PENDING.value),
+            ),
+            literal(0),
+            case((on_dnc, literal(DNC_OUTCOME)), else_=literal(None)),
+            literal(now, type_=Recipient.__table__.c.updated_at.type),
+        )
+        .where(Contact.list_id == campaign.list_id)
+        .order_by(Contact.source_row, Contact.id)
+    )
     statement = insert(Recipient).from_select(
         [
             "campaign_id",

@@ -31,12 +31,13 @@ FK = "fk_contact_list_id_contact_list"
 PG_CHECK = """
 CREATE FUNCTION contact_list_exists() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
+    lists bigint[];
     missing bigint;
 BEGIN
-    PERFORM 1 FROM contact_list l
-     WHERE l.id IN (SELECT DISTINCT list_id FROM written) FOR KEY SHARE;
-    SELECT w.list_id INTO missing FROM (SELECT DISTINCT list_id FROM written) w
-     WHERE NOT EXISTS (SELECT 1 FROM contact_list l WHERE l.id = w.list_id) LIMIT 1;
+    SELECT array_agg(DISTINCT list_id) INTO lists FROM written;
+    PERFORM 1 FROM contact_list l WHERE l.id = ANY (lists) FOR KEY SHARE;
+    SELECT w.id INTO missing FROM unnest(lists) AS w (id)
+     WHERE NOT EXISTS (SELECT 1 FROM contact_list l WHERE l.id = w.id) LIMIT 1;
     IF FOUND THEN
         RAISE foreign_key_violation USING
             MESSAGE = format('contact.list_id %s: no such contact_list', missing),

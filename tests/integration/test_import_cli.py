@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from sqlalchemy import func, select
 
 from campaigns.cli import main
 from campaigns.db import make_engine
-from campaigns.models import Contact, ContactList, DncNumber, ImportReject
+from campaigns.models import Contact, ContactList, DncNumber, ImportReject, Recipient
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_lists"
 JSON_KEYS = {
@@ -348,3 +349,35 @@ def test_ragged_file_falls_back_to_the_row_reader(database_url: str, tmp_path: P
     assert stored == _stored(database_url, slow["list_id"])
     assert stored[-1][0] == "+13035550149"
     assert stored[-1][5] == 30_004
+
+
+async def test_a_campaign_calls_an_imported_list_in_the_file_s_order(
+    database_url: str, tmp_path: Path
+) -> None:
+    """On PostgreSQL the importer stores each block of contacts in phone order (for the
+    index): a campaign's recipients must still follow the rows of the file."""
+    from tests.integration.factories import campaign_toml, create_campaign
+
+    path = tmp_path / "shuffled.csv"
+    rng = random.Random(5)
+    lines = rng.sample(range(30_000), 30_000)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["name", "phone"])
+        for i in lines:
+            writer.writerow([f"P{i}", f"+1 212 {200 + i // 10_000}{i % 10_000:04d}"[:20]])
+    imported = _import(database_url, path, "shuffled", columnar=True)
+    assert imported["imported"] == 30_000
+    await create_campaign(database_url, campaign_toml(list_name="shuffled"))
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(Contact.source_row, Contact.phone)
+                .join(Recipient, Recipient.contact_id == Contact.id)
+                .order_by(Recipient.id)
+            ).all()
+    finally:
+        engine.dispose()
+    assert [row for row, _ in rows] == list(range(2, 30_002))
+    assert rows[0][1] == f"+1212{200 + lines[0] // 10_000}{lines[0] % 10_000:04d}"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 import phonenumbers
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from campaigns import phones
@@ -257,3 +259,42 @@ def test_known_rejects_are_reused() -> None:
         PhoneReject("cached"),
         normalise("+12125550101", "US"),
     ]
+
+
+def test_column_wise_answers_equal_phonenumbers_and_cover_the_memoised_numbers() -> None:
+    """`normalise_columns` answers the numbers it has memoised column-wise (not one by one)
+    and gives the full path's answer for every value, memoised or not."""
+    rng = random.Random(11)
+    values = [raw for raw, _ in _sample(rng)[:4000]] + [
+        f"+1 {area} 555 {line:04d}" for area in (212, 415, 303) for line in range(300)
+    ]
+    expected = [normalise(raw, "US", fast=False) for raw in values]
+    column = pa.array(values, pa.string())
+    assert phones.normalise_columns(column, "US").results() == expected
+    assert phones.normalise_columns(column, "US").results() == expected  # memo now warm
+    # a slice (offset buffers) with nulls reads the same
+    sliced = pa.array([None, *values, None], pa.string()).slice(1, len(values))
+    assert phones.normalise_columns(sliced, "US").results() == expected
+    text = pc.utf8_trim(column, phones._WHITESPACE)
+    shaped = pc.match_substring_regex(text, phones._FAST_SHAPE_RE2)
+    cleaned = pc.if_else(shaped, phones._digits_and_plus(text), None)
+    found = phones._columnwise(cleaned, phones._national_info("US"))
+    assert found is not None
+    answered = len(values) - pc.sum(found[0]).as_py()
+    valid = sum(
+        isinstance(r, PhoneResult) for r, ok in zip(expected, shaped.to_pylist(), strict=True) if ok
+    )
+    assert answered >= 0.9 * valid  # the warm memo answers nearly every valid number
+
+
+def test_digits_and_plus_keeps_only_digits_and_plus_on_any_slice() -> None:
+    values = pa.array(["x", "+1 (212) 555-0101", None, "", "ü 0-9", "12.3"], pa.string())
+    assert phones._digits_and_plus(values).to_pylist() == [
+        "",
+        "+12125550101",
+        "",
+        "",
+        "09",
+        "123",
+    ]
+    assert phones._digits_and_plus(values.slice(1, 3)).to_pylist() == ["+12125550101", "", ""]
