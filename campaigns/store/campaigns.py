@@ -112,7 +112,8 @@ async def transition(
 
 async def fan_out_recipients(session: AsyncSession, campaign: Campaign, now: datetime) -> int:
     """One recipient row per contact of the campaign's list, in one set-based statement,
-    in the list's own row order (an import may store a block's contacts in phone order).
+    in the order the contacts were added (an import adds them in the file's row order), so
+    the campaign calls them in that order.
 
     Numbers on the DNC list become `suppressed` with final outcome `dnc`.
     """
@@ -132,7 +133,7 @@ async def fan_out_recipients(session: AsyncSession, campaign: Campaign, now: dat
             literal(now, type_=Recipient.__table__.c.updated_at.type),
         )
         .where(Contact.list_id == campaign.list_id)
-        .order_by(Contact.source_row, Contact.id)
+        .order_by(Contact.id)
     )
     statement = insert(Recipient).from_select(
         [

@@ -27,15 +27,12 @@ STAGE = "import_stage"
 STAGE_COLUMNS = ("phone", "name", "attributes", "region", "time_zones", "source_row")
 DNC_IN_MEMORY = 1_000_000  # a larger DNC list is matched in SQL (staged import)
 COPY_QUEUE = 3  # tables waiting for the COPY writer thread
-# Straight into `contact`, rows go in blocks, each sorted by phone: the unique (list_id,
-# phone) index then takes its insertions in key order within a block. In file order (random
-# phones) the same COPY took 6.6 s per million rows on the benchmark machine, 4.3 s in
-# sorted blocks of 100,000 (3.5 s sorted as a whole, which would leave the server idle
-# until the whole file is read). The first block is smaller, so the server starts sooner;
-# each next one is as large as all before it, up to SORTED_BLOCK_ROWS. `source_row` keeps
-# the file's order.
-SORTED_BLOCK_ROWS = 100_000
-SORTED_FIRST_ROWS = 25_000
+# Rows are COPY'd in the file's order. Sorting them by phone in blocks of 100,000 would
+# let the unique (list_id, phone) index take them in key order: the import of the 1M-row
+# benchmark file went from 8.4-8.6 s to 6.5-7.3 s. It is not done, because the contacts'
+# heap order would then differ from the order their recipients are called and exported in:
+# the recipient export joins each recipient to its contact, and with the contacts stored in
+# phone order within each block it took 5.4-6.0 s instead of 4.8 s for 1M recipients.
 
 
 def _is_postgres(conn: Connection) -> bool:
@@ -148,11 +145,7 @@ class Staging:
                     if self.direct
                     else (f"{STAGE} ({', '.join(STAGE_COLUMNS)})")
                 )
-                self.stream = _CopyStream(
-                    self.conn,
-                    f"COPY {target} FROM STDIN (FORMAT csv)",
-                    sorted_by="phone" if self.direct else None,
-                )
+                self.stream = _CopyStream(self.conn, f"COPY {target} FROM STDIN (FORMAT csv)")
             self.stream.put(rows)
             return
         driver = self.conn.connection.driver_connection
@@ -220,16 +213,13 @@ _ABORT = object()
 class _CopyStream:
     """One `COPY ... FROM STDIN (FORMAT csv)` on the connection's psycopg connection, run by
     a writer thread: `put` queues a pyarrow table (blocking while `COPY_QUEUE` wait), the
-    thread renders it as CSV (pyarrow, without the GIL) and sends it. `sorted_by`: the
-    thread gathers rows into blocks (see SORTED_BLOCK_ROWS) and sends each sorted by that
-    column."""
+    thread renders it as CSV (pyarrow, without the GIL) and sends it."""
 
-    def __init__(self, conn: Connection, statement: str, *, sorted_by: str | None = None) -> None:
+    def __init__(self, conn: Connection, statement: str) -> None:
         driver = conn.connection.driver_connection
         assert driver is not None
         self.driver = driver
         self.statement = statement
-        self.sorted_by = sorted_by
         self.queue: queue.Queue[object] = queue.Queue(maxsize=COPY_QUEUE)
         self.error: BaseException | None = None
         self.rows = 0
@@ -239,37 +229,20 @@ class _CopyStream:
     def _run(self) -> None:
         options = pa_csv.WriteOptions(include_header=False)
         ended = False  # the _END or _ABORT item has been taken
-        block: list[pa.Table] = []
-        held = 0
         try:
             with self.driver.cursor() as cursor, cursor.copy(self.statement) as copy:
-
-                def send(tables: list[pa.Table]) -> None:
-                    rows = pa.concat_tables(tables)
-                    if self.sorted_by is not None:
-                        rows = rows.sort_by(self.sorted_by)
-                    sink = pa.BufferOutputStream()
-                    pa_csv.write_csv(rows, sink, options)
-                    copy.write(memoryview(sink.getvalue()))
-                    self.rows += rows.num_rows
-
                 while True:
                     item = self.queue.get()
                     ended = item is _END or item is _ABORT
                     if item is _END:
-                        if block:
-                            send(block)
                         break
                     if item is _ABORT:
                         raise _Abort
                     assert isinstance(item, pa.Table)
-                    block.append(item)
-                    held += item.num_rows
-                    if self.sorted_by is None or held >= min(
-                        SORTED_BLOCK_ROWS, max(SORTED_FIRST_ROWS, self.rows)
-                    ):
-                        send(block)
-                        block, held = [], 0
+                    sink = pa.BufferOutputStream()
+                    pa_csv.write_csv(item, sink, options)
+                    copy.write(memoryview(sink.getvalue()))
+                    self.rows += item.num_rows
         except BaseException as exc:  # noqa: BLE001 - handed to the importing thread
             self.error = exc
             while not ended:  # let `put` and `close` through

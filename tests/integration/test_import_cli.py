@@ -354,8 +354,8 @@ def test_ragged_file_falls_back_to_the_row_reader(database_url: str, tmp_path: P
 async def test_a_campaign_calls_an_imported_list_in_the_file_s_order(
     database_url: str, tmp_path: Path
 ) -> None:
-    """On PostgreSQL the importer stores each block of contacts in phone order (for the
-    index): a campaign's recipients must still follow the rows of the file."""
+    """A campaign calls (and exports) an imported list's numbers in the file's row order,
+    whatever the order of the numbers themselves."""
     from tests.integration.factories import campaign_toml, create_campaign
 
     path = tmp_path / "shuffled.csv"
