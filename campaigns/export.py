@@ -46,17 +46,20 @@ PARTITION = 10_000
 # A recipient export this large on PostgreSQL is split into parallel COPY streams.
 STREAM_MIN_ROWS = 50_000
 MAX_STREAMS = 4
+COPY_BLOCK_BYTES = 1 << 18
 # Planner settings for the recipient export's transaction (see `recipients_export`): its
 # plan merges ordered index scans; a hash join or a sort of a million rows would spill to
 # disk at the default work_mem, and JIT compiling the wide projection costs seconds.
+# DateStyle ISO: timestamps are formatted from their text form (`store.iso_utc`).
 RECIPIENT_SETTINGS = (
+    ("DateStyle", "ISO"),
     ("jit", "off"),
     ("enable_hashjoin", "off"),
     ("enable_hashagg", "off"),
     ("enable_sort", "off"),
     ("max_parallel_workers_per_gather", "0"),
 )
-OTHER_SETTINGS = (("jit", "off"),)
+OTHER_SETTINGS = (("DateStyle", "ISO"), ("jit", "off"))
 
 FORMULA_STARTS = store.FORMULA_STARTS
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
@@ -173,8 +176,7 @@ def plan_export(
         return ExportPlan(kind, header, statement, store.count_rows(conn, campaign_id, kind))
     definition = definition_from_json(campaign.definition)
     questions = [q.key for q in definition.poll.questions] if definition.poll else []
-    attributes = store.attribute_keys(conn, campaign.list_id)
-    name = name_attribute(conn, campaign.list_id, attributes)
+    attributes, name = list_attributes(conn, campaign.list_id)
     attributes = [key for key in attributes if key != name]
     header = recipient_header(attributes, questions)
     span = store.recipient_span(conn, campaign_id)
@@ -189,6 +191,20 @@ def plan_export(
     if dialect.name == "postgresql" and streams > 1:
         parts = tuple(query(r) for r in split_ids(*ids, streams))
     return ExportPlan(kind, header, query(ids), span.count, parts)
+
+
+def list_attributes(conn: Connection, list_id: int) -> tuple[list[str], str | None]:
+    """The attribute keys of a list's contacts, and the one that repeats the name (see
+    `name_attribute`): as its imports recorded them, or read from the contacts when the
+    list does not know them."""
+    known = store.recorded_attributes(conn, list_id)
+    if known is None:
+        attributes = store.attribute_keys(conn, list_id)
+        return attributes, name_attribute(conn, list_id, attributes)
+    attributes, name_key = known
+    _, index = detect_columns(attributes, None, None)
+    candidate = None if index is None else attributes[index]
+    return attributes, candidate if candidate is not None and candidate == name_key else None
 
 
 def name_attribute(conn: Connection, list_id: int, attributes: Sequence[str]) -> str | None:
@@ -251,16 +267,27 @@ def _copy_out(
                 for chunk in _copy(cursor, conn.dialect, plan.statement):
                     out.write(chunk)
                     if progress is not None:
-                        progress(bytes(chunk).count(b"\n"))
+                        progress(chunk.count(b"\n"))
     return plan.total
 
 
-def _copy(cursor: psycopg.Cursor[Any], dialect: Dialect, statement: Select[Any]) -> Iterator[Any]:
+def _copy(
+    cursor: psycopg.Cursor[Any], dialect: Dialect, statement: Select[Any]
+) -> Iterator[bytearray]:
     """The CSV bytes of one COPY of `statement`, as the server sends them."""
     compiled = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
     query = f"COPY ({compiled}) TO STDOUT WITH (FORMAT csv, ENCODING 'UTF8')"
     with cursor.copy(query, compiled.params) as copy:
-        yield from copy
+        # The server sends a message per row: gathered into blocks, the output is written
+        # (and the progress counted) once per block, not once per row.
+        block = bytearray()
+        for row in copy:
+            block += row
+            if len(block) >= COPY_BLOCK_BYTES:
+                yield block
+                block = bytearray()
+        if block:
+            yield block
 
 
 @contextmanager
@@ -300,7 +327,7 @@ def _copy_parts(
             for chunk in _copy(cursor, conn.dialect, parts[0]):
                 out.write(chunk)
                 if progress is not None:
-                    progress(bytes(chunk).count(b"\n"))
+                    progress(chunk.count(b"\n"))
             for future in spools:
                 with future.result() as spool:
                     while block := spool.read(1 << 20):

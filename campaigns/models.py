@@ -120,6 +120,12 @@ class ContactList(Base):
     duplicates: Mapped[int] = mapped_column(Integer, default=0)
     invalid: Mapped[int] = mapped_column(Integer, default=0)
     suppressed_dnc: Mapped[int] = mapped_column(Integer, default=0)
+    # What the export needs to know of the contacts' attributes, kept by the importer so
+    # that an export need not read every contact to find out: the keys (in the order the
+    # export writes them) and the one holding every contact's name. attribute_keys None:
+    # not known (contacts written otherwise than by the importer); the export reads them.
+    attribute_keys: Mapped[list[str] | None] = mapped_column(JSONType)
+    name_key: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 

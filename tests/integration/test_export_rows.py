@@ -11,13 +11,14 @@ import io
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
-from sqlalchemy import insert
+from sqlalchemy import insert, select, update
 
 from campaigns.cli import main
 from campaigns.db import make_engine
 from campaigns.export import plan_export, write_export
-from campaigns.models import Answer, Batch, CallAttempt, Recipient
+from campaigns.models import Answer, Batch, CallAttempt, ContactList, Recipient
 from tests.integration.factories import campaign_toml, create_campaign, make_list
 from tests.integration.test_report_export import build_campaign
 
@@ -214,3 +215,51 @@ def test_an_export_in_parallel_streams_is_the_same_file(database_url: str) -> No
     one = outputs["REPEATABLE READ", 1]
     assert one.count(b"\n") >= 15
     assert all(data == one for data in outputs.values())
+
+
+IMPORTS = {
+    "a name with spaces": [
+        ("Phone,Name,City\n+12025550101, Ada Lovelace ,London\n+12025550102,,Paris\n", ()),
+    ],
+    "--name-column elsewhere": [
+        ("phone,name,nickname\n+12025550101,Ada Lovelace,Ada\n", ("--name-column", "nickname")),
+    ],
+    "two imports with other columns": [
+        ("phone,name,city\n+12025550101,Ada,London\n+12025550102,Alan,Paris\n", ()),
+        ("phone,name,zip,plan\n+12025550102,Alan,75001,gold\n+12025550103,Grace,1,b\n", ()),
+        ("phone,full_name\n+12025550104,Edsger\n", ()),
+    ],
+    "a re-import that adds nothing": [
+        ("phone,name,city\n+12025550101,Ada,London\n", ()),
+        ("phone,name,zip\n+12025550101,Ada,75001\n", ()),
+    ],
+    "phone only": [("phone\n+12025550101\n+12025550102\n", ())],
+}
+
+
+@pytest.mark.parametrize("case", list(IMPORTS))
+def test_the_attributes_an_import_records_give_the_export_it_would_read(
+    database_url: str, tmp_path: Path, case: str
+) -> None:
+    """The export takes a list's attribute columns (and its name column) from what the
+    imports recorded on the list; reading them from every contact instead gives the same
+    file."""
+    env = {"DATABASE_URL": database_url, "DEFAULT_COUNTRY": "US"}
+    for number, (content, flags) in enumerate(IMPORTS[case]):
+        source = tmp_path / f"part{number}.csv"
+        source.write_text(content, encoding="utf-8")
+        imported = CliRunner().invoke(
+            main, ["import", str(source), "--list", "test-list", *flags], env=env
+        )
+        assert imported.exit_code == 0, imported.output + imported.stderr
+    campaign_id = asyncio.run(create_campaign(database_url, campaign_toml()))
+    recorded = export_rows(database_url, campaign_id, tmp_path)
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            keys = conn.execute(select(ContactList.attribute_keys)).scalar_one()
+            conn.execute(update(ContactList).values(attribute_keys=None, name_key=None))
+    finally:
+        engine.dispose()
+    assert keys is not None  # the imports recorded them
+    assert export_rows(database_url, campaign_id, tmp_path) == recorded
