@@ -45,20 +45,31 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any, *, foreign_keys: bool = True)
 
 def _sqlite_pragmas_without_foreign_keys(dbapi_conn: Any, record: Any) -> None:
     _sqlite_pragmas(dbapi_conn, record, foreign_keys=False)
+    # The driver commits DDL as it goes; with its own transaction handling off and a BEGIN
+    # at each SQLAlchemy begin, a migration is one transaction that a failure undoes.
+    dbapi_conn.isolation_level = None
+
+
+def _sqlite_begin(conn: Any) -> None:
+    conn.exec_driver_sql("BEGIN")
 
 
 def make_engine(database_url: str, *, migrating: bool = False, **kwargs: Any) -> Engine:
     """A synchronous engine (migrations, bulk import/export).
 
-    `migrating`: on SQLite, foreign keys are not enforced on its connections. Rebuilding a
-    table that others reference (how SQLite alters a table) would otherwise cascade the
-    DROP of the old copy into the referencing rows; the migration checks the keys itself
-    at the end (SQLite's documented procedure for such schema changes)."""
+    `migrating`: on SQLite, foreign keys are not enforced on its connections, and each
+    transaction (DDL included) is a real one. Rebuilding a table that others reference (how
+    SQLite alters a table) would otherwise cascade the DROP of the old copy into the
+    referencing rows; the migration checks the keys itself before it commits (SQLite's
+    documented procedure for such schema changes)."""
     url = _url(database_url, asynchronous=False)
     engine = create_engine(url, **kwargs)
     if url.get_backend_name() == "sqlite":
-        pragmas = _sqlite_pragmas_without_foreign_keys if migrating else _sqlite_pragmas
-        event.listen(engine, "connect", pragmas)
+        if migrating:
+            event.listen(engine, "connect", _sqlite_pragmas_without_foreign_keys)
+            event.listen(engine, "begin", _sqlite_begin)
+        else:
+            event.listen(engine, "connect", _sqlite_pragmas)
     return engine
 
 

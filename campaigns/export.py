@@ -194,17 +194,12 @@ def plan_export(
 
 
 def list_attributes(conn: Connection, list_id: int) -> tuple[list[str], str | None]:
-    """The attribute keys of a list's contacts, and the one that repeats the name (see
-    `name_attribute`): as its imports recorded them, or read from the contacts when the
-    list does not know them."""
-    known = store.recorded_attributes(conn, list_id)
-    if known is None:
+    """The attribute keys of a list's contacts (as its import recorded them, else read from
+    the contacts), and the one that repeats the name (see `name_attribute`)."""
+    attributes = store.recorded_attribute_keys(conn, list_id)
+    if attributes is None:
         attributes = store.attribute_keys(conn, list_id)
-        return attributes, name_attribute(conn, list_id, attributes)
-    attributes, name_key = known
-    _, index = detect_columns(attributes, None, None)
-    candidate = None if index is None else attributes[index]
-    return attributes, candidate if candidate is not None and candidate == name_key else None
+    return attributes, name_attribute(conn, list_id, attributes)
 
 
 def name_attribute(conn: Connection, list_id: int, attributes: Sequence[str]) -> str | None:

@@ -657,11 +657,6 @@ class Validator:
         self.attribute_plan = list(plan.items())
         self.reset()
 
-    def name_key(self) -> str | None:
-        """The attribute that holds each contact's name as read (the name column's own
-        cell), if the name column is one."""
-        return next((key for key, i in self.attribute_plan if i == self.name_index), None)
-
     def reset(self) -> None:
         """Forget the numbers seen so far (a new pass over the file)."""
         self.seen: set[str] = set()
@@ -911,7 +906,6 @@ def import_file(
         suppressed_dnc=summary.suppressed_dnc,
         inserted=counts.inserted,
         attribute_keys=store.stored_key_order(conn, [key for key, _ in validator.attribute_plan]),
-        name_key=validator.name_key(),
         held=counts.inserted if staging.direct else None,
     )
     summary.seconds = time.perf_counter() - started

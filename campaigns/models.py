@@ -120,12 +120,10 @@ class ContactList(Base):
     duplicates: Mapped[int] = mapped_column(Integer, default=0)
     invalid: Mapped[int] = mapped_column(Integer, default=0)
     suppressed_dnc: Mapped[int] = mapped_column(Integer, default=0)
-    # What the export needs to know of the contacts' attributes, kept by the importer so
-    # that an export need not read every contact to find out: the keys (in the order the
-    # export writes them) and the one holding every contact's name. attribute_keys None:
-    # not known (contacts written otherwise than by the importer); the export reads them.
+    # The attribute keys of every contact, in the order the export writes them, when one
+    # import made all the list's contacts (it records them, so that an export need not read
+    # every contact to find out). None: not known; the export reads the contacts.
     attribute_keys: Mapped[list[str] | None] = mapped_column(JSONType)
-    name_key: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -136,9 +134,9 @@ class Contact(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     # A contact_list id. Not a FOREIGN KEY: its per-row check cost the bulk load half its
-    # speed on PostgreSQL. Migration 0002's triggers keep the same rule: a statement-level
-    # check that every list a statement wrote to exists (locking those list rows as the
-    # key would), and deleting a list deletes its contacts (the ON DELETE CASCADE).
+    # speed on PostgreSQL. Migration 0002's triggers keep the rule (see there for the
+    # details and what they do not cover): a statement-level check that every list a
+    # statement wrote to exists, and deleting a list deletes its contacts.
     list_id: Mapped[int] = mapped_column(BigId)
     phone: Mapped[str] = mapped_column(String(20))  # E.164 with '+'
     name: Mapped[str | None] = mapped_column(Text)

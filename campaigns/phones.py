@@ -141,15 +141,23 @@ def normalise_many(
 
 
 def normalise_columns(
-    values: pa.Array, default_region: str, *, known: dict[str, str] | None = None
+    values: pa.Array | pa.ChunkedArray,
+    default_region: str,
+    *,
+    known: dict[str, str] | None = None,
 ) -> NormalisedColumns:
     """`normalise` for each value of a string array, with the same answers, much faster per
     value: the fast path's shape check, punctuation removal, rule checks and memo lookups
     run column-wise (pyarrow) over all of them (`_columnwise`); only the values that leaves
     open (memo misses, which teach the memo, invalid numbers, other shapes) go through the
-    per-value code. `known`: raw values already rejected, with their reason."""
+    per-value code. A null is read as an empty value. `known`: raw values already rejected,
+    with their reason."""
     region = default_region.upper()
     known = known or {}
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if values.null_count:  # a missing cell: as an empty one
+        values = pc.fill_null(values, "")
     text = pc.utf8_trim(values, _WHITESPACE)
     cleaned = pc.if_else(
         pc.match_substring_regex(text, _FAST_SHAPE_RE2), _digits_and_plus(text), None
@@ -555,8 +563,14 @@ def _columnwise(
         ),
     )
     ok = pc.fill_null(ok, False)
-    for where, pattern in checks:
-        ok = pc.and_(ok, pc.invert(pc.fill_null(pc.and_(where, _starts(nsn, pattern)), False)))
+    if checks:  # each pattern on its own rows only (a list may hold many country codes)
+        flags = ok.to_numpy(zero_copy_only=False).copy()
+        for where, pattern in checks:
+            rows = pc.indices_nonzero(pc.fill_null(pc.and_(where, ok), False))
+            if len(rows):
+                matched = pc.filter(rows, _starts(pc.take(nsn, rows), pattern))
+                flags[matched.to_numpy(zero_copy_only=False)] = False
+        ok = pa.array(flags)
     # the memo, one pass per prefix length it holds (a number matches at one length at most)
     base = pc.binary_join_element_wise(cc_text, ":", pc.cast(length, pa.string()), ":", "")
     entry: pa.Array | None = None

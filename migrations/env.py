@@ -9,6 +9,7 @@ from sqlalchemy import Connection
 
 from campaigns.config import Settings
 from campaigns.db import make_engine
+from campaigns.errors import SchemaError
 from campaigns.models import Base
 
 config = context.config
@@ -54,25 +55,34 @@ def run_migrations_online() -> None:
                 target_metadata=target_metadata,
                 render_as_batch=True,
                 compare_type=True,
+                # SQLite's DDL is transactional once its driver leaves the transactions to
+                # SQLAlchemy (`make_engine(migrating=True)`): all the migrations of one
+                # run are one transaction there too.
+                transactional_ddl=True,
             )
             with context.begin_transaction():
+                broken = _broken_sqlite_foreign_keys(conn)
                 context.run_migrations()
-                _check_sqlite_foreign_keys(conn)
+                _check_sqlite_foreign_keys(conn, broken)
     finally:
         engine.dispose()
 
 
-def _check_sqlite_foreign_keys(conn: Connection) -> None:
-    """SQLite migrates with foreign keys off (see `make_engine`): refuse to commit a schema
-    change that left a row pointing at nothing."""
+def _broken_sqlite_foreign_keys(conn: Connection) -> set[tuple[object, ...]]:
     if conn.dialect.name != "sqlite":
-        return
-    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
-    if broken:
-        table, rowid, parent, _ = broken[0]
-        raise RuntimeError(
-            f"migration left {len(broken)} broken foreign key(s), e.g. {table} row {rowid} "
-            f"-> {parent}"
+        return set()
+    return {tuple(row) for row in conn.exec_driver_sql("PRAGMA foreign_key_check")}
+
+
+def _check_sqlite_foreign_keys(conn: Connection, before: set[tuple[object, ...]]) -> None:
+    """SQLite migrates with foreign keys off (see `make_engine`): refuse (roll back) a
+    schema change that left a row pointing at nothing that did not before."""
+    new = _broken_sqlite_foreign_keys(conn) - before
+    if new:
+        table, rowid, parent, _ = sorted(new, key=str)[0]
+        raise SchemaError(
+            f"the migration would leave {len(new)} row(s) pointing at nothing "
+            f"(e.g. {table} row {rowid} -> {parent}); nothing was changed"
         )
 
 

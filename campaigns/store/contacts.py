@@ -321,35 +321,25 @@ def record_import(
     suppressed_dnc: int,
     inserted: int,
     attribute_keys: Sequence[str],
-    name_key: str | None,
     held: int | None = None,
 ) -> None:
     """Record an import on its list. `inserted`: the contacts it added, each with the
-    attributes `attribute_keys` (in `stored_key_order`), `name_key` the one that holds the
-    contact's name (None: none does). `held`: the number of contacts the list now holds,
-    when the caller knows it (else it is counted).
+    attributes `attribute_keys` (in `stored_key_order`). `held`: the number of contacts the
+    list now holds, when the caller knows it (else it is counted; the caller holds the
+    list's row locked, so no other import adds to it meanwhile).
 
-    The list keeps the union of its imports' keys and the name key they agree on; once a
-    list holds contacts whose keys are not known (written otherwise), they stay unknown."""
+    The keys are recorded when this import made all the list's contacts; once another
+    import adds to the list they are no longer known (the export then reads the contacts:
+    with several imports the order of the keys is theirs)."""
     if held is None:
         held = conn.execute(
             select(func.count()).select_from(Contact).where(Contact.list_id == list_id)
         ).scalar_one()
-    keys: list[str] | None = list(attribute_keys) if inserted else []
-    name = name_key if inserted else None
-    if held > inserted:  # the list held contacts before this import
-        known, known_name = conn.execute(
-            select(ContactList.attribute_keys, ContactList.name_key).where(
-                ContactList.id == list_id
-            )
-        ).one()
-        if known is None:
-            keys = name = None
-        elif not inserted:
-            keys, name = list(known), known_name
-        else:
-            keys = [*known, *(key for key in attribute_keys if key not in known)]
-            name = known_name if known_name == name_key else None
+    known: dict[str, object] = {}
+    if held == inserted:
+        known["attribute_keys"] = list(attribute_keys) if inserted else []
+    elif inserted:
+        known["attribute_keys"] = None
     conn.execute(
         update(ContactList)
         .where(ContactList.id == list_id)
@@ -361,9 +351,8 @@ def record_import(
             duplicates=duplicates,
             invalid=invalid,
             suppressed_dnc=suppressed_dnc,
-            attribute_keys=keys,
-            name_key=name,
             updated_at=utcnow(),
+            **known,
         )
     )
 

@@ -375,14 +375,12 @@ def iso_utc(dialect: Dialect, column: Any) -> ColumnElement[Any]:
     return func.strftime("%Y-%m-%dT%H:%M:%SZ", column)
 
 
-def recorded_attributes(conn: Connection, list_id: int) -> tuple[list[str], str | None] | None:
-    """(attribute keys, name key) as the list's imports recorded them; None if not known."""
-    row = conn.execute(
-        select(ContactList.attribute_keys, ContactList.name_key).where(ContactList.id == list_id)
-    ).first()
-    if row is None or row[0] is None:
-        return None
-    return [str(key) for key in row[0]], row[1]
+def recorded_attribute_keys(conn: Connection, list_id: int) -> list[str] | None:
+    """The attribute keys the list's import recorded (see `ContactList.attribute_keys`)."""
+    keys = conn.execute(
+        select(ContactList.attribute_keys).where(ContactList.id == list_id)
+    ).scalar_one_or_none()
+    return None if keys is None else [str(key) for key in keys]
 
 
 def attribute_keys(conn: Connection, list_id: int) -> list[str]:

@@ -10,11 +10,19 @@ A bulk import COPYs up to millions of contacts into one list. The foreign key on
 kept by triggers:
 
 - PostgreSQL: after each INSERT or UPDATE statement on `contact`, one query over the rows it
-  wrote (a transition table) locks their lists `FOR KEY SHARE` (as the foreign key would,
-  so a concurrent delete waits) and fails with foreign_key_violation if one is missing;
+  wrote (a transition table) touches their lists' rows (a no-op UPDATE) and fails with
+  foreign_key_violation if one is missing. The update, not a share lock, so that a
+  transaction deleting the list at the same time waits for this one and then fails with a
+  serialization error under REPEATABLE READ or SERIALIZABLE (as the foreign key's cascade
+  does) instead of missing the new contacts in its snapshot. Concurrent inserts into one
+  list therefore take turns (an import holds its list's row locked anyway);
 - SQLite: a row trigger before INSERT and UPDATE OF list_id (SQLite's own foreign key
   check is a row check too, so this costs the same as before);
 - both: deleting a `contact_list` row deletes its contacts (the former ON DELETE CASCADE).
+
+Not kept: `TRUNCATE contact_list` no longer refuses while contacts exist, and a rebuild of
+`contact` or `contact_list` by a later SQLite batch migration would drop these triggers
+(recreate them after one).
 """
 
 from collections.abc import Sequence
@@ -35,7 +43,7 @@ DECLARE
     missing bigint;
 BEGIN
     SELECT array_agg(DISTINCT list_id) INTO lists FROM written;
-    PERFORM 1 FROM contact_list l WHERE l.id = ANY (lists) FOR KEY SHARE;
+    UPDATE contact_list l SET updated_at = l.updated_at WHERE l.id = ANY (lists);
     SELECT w.id INTO missing FROM unnest(lists) AS w (id)
      WHERE NOT EXISTS (SELECT 1 FROM contact_list l WHERE l.id = w.id) LIMIT 1;
     IF FOUND THEN
@@ -92,15 +100,16 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # IF EXISTS: the foreign key that comes back checks every contact anyway.
     if op.get_bind().dialect.name == "postgresql":
-        op.execute("DROP TRIGGER contact_list_delete_contacts ON contact_list")
-        op.execute("DROP FUNCTION contact_list_delete_contacts()")
-        op.execute("DROP TRIGGER contact_list_exists_insert ON contact")
-        op.execute("DROP TRIGGER contact_list_exists_update ON contact")
-        op.execute("DROP FUNCTION contact_list_exists()")
+        op.execute("DROP TRIGGER IF EXISTS contact_list_delete_contacts ON contact_list")
+        op.execute("DROP FUNCTION IF EXISTS contact_list_delete_contacts()")
+        op.execute("DROP TRIGGER IF EXISTS contact_list_exists_insert ON contact")
+        op.execute("DROP TRIGGER IF EXISTS contact_list_exists_update ON contact")
+        op.execute("DROP FUNCTION IF EXISTS contact_list_exists()")
     else:
-        op.execute("DROP TRIGGER contact_list_delete_contacts")
-        op.execute("DROP TRIGGER contact_list_exists_insert")
-        op.execute("DROP TRIGGER contact_list_exists_update")
+        op.execute("DROP TRIGGER IF EXISTS contact_list_delete_contacts")
+        op.execute("DROP TRIGGER IF EXISTS contact_list_exists_insert")
+        op.execute("DROP TRIGGER IF EXISTS contact_list_exists_update")
     with op.batch_alter_table("contact", schema=None) as batch_op:
         batch_op.create_foreign_key(FK, "contact_list", ["list_id"], ["id"], ondelete="CASCADE")

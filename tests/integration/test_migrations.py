@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,3 +121,75 @@ async def test_migrating_contact_keeps_the_rows_that_reference_it(empty_database
     migrate.downgrade(empty_database, "0001")
     assert _count(empty_database, "SELECT count(*) FROM recipient") == before
     assert _count(empty_database, "SELECT count(*) FROM contact") == 4
+
+
+def test_a_migration_that_would_leave_a_dangling_key_changes_nothing(database_url: str) -> None:
+    """Going back to 0001 restores the foreign key on contact.list_id: a contact whose list
+    is gone (possible only around the triggers, dropped here) makes the downgrade fail as a
+    whole, on SQLite too (its migrations run with foreign keys off, checked at the end)."""
+    list_id = make_list(database_url, us_numbers(2), name="doomed")
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            if BACKEND == "sqlite":
+                conn.execute(text("DROP TRIGGER contact_list_delete_contacts"))
+            else:
+                conn.execute(text("DROP TRIGGER contact_list_delete_contacts ON contact_list"))
+            conn.execute(text("DELETE FROM contact_list WHERE id = :id"), {"id": list_id})
+    finally:
+        engine.dispose()
+    with pytest.raises(Exception, match=r"foreign key|pointing at nothing"):
+        migrate.downgrade(database_url, "0001")
+    assert migrate.current_revision(database_url) == migrate.head_revision(database_url)
+    assert _count(database_url, "SELECT count(*) FROM contact") == 2
+
+
+def test_a_list_deleted_while_contacts_are_added_to_it_keeps_no_orphans(
+    database_url: str,
+) -> None:
+    """The foreign key's cascade under REPEATABLE READ: a delete of the list that waited for
+    a transaction adding contacts to it fails (serialization), rather than deleting the
+    contacts its snapshot shows and leaving the new ones behind."""
+    if BACKEND == "sqlite":
+        pytest.skip("SQLite: one writer at a time, the delete cannot overlap the insert")
+    list_id = make_list(database_url, us_numbers(1), name="busy")
+    engine = make_engine(database_url)
+    adding = engine.connect()
+    deleting = engine.connect().execution_options(isolation_level="REPEATABLE READ")
+    outcome: list[BaseException | None] = []
+    try:
+        adding.begin()
+        deleting.begin()
+        deleting.execute(text("SELECT count(*) FROM contact"))  # the snapshot is taken
+        adding.execute(
+            text(
+                "INSERT INTO contact (list_id, phone, attributes) "
+                "VALUES (:id, '+12025550177', '{}')"
+            ),
+            {"id": list_id},
+        )
+
+        def delete() -> None:
+            try:
+                deleting.execute(text("DELETE FROM contact_list WHERE id = :id"), {"id": list_id})
+                deleting.commit()
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 - checked below
+                deleting.rollback()
+                outcome.append(exc)
+
+        worker = threading.Thread(target=delete)
+        worker.start()
+        time.sleep(0.5)  # the delete now waits for the insert's transaction
+        assert worker.is_alive()
+        adding.commit()
+        worker.join(10)
+    finally:
+        adding.close()
+        deleting.close()
+        engine.dispose()
+    assert outcome
+    assert outcome[0] is not None
+    assert "could not serialize" in str(outcome[0])
+    assert _count(database_url, f"SELECT count(*) FROM contact WHERE list_id = {list_id}") == 2
+    assert _count(database_url, f"SELECT count(*) FROM contact_list WHERE id = {list_id}") == 1

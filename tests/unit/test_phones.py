@@ -272,9 +272,18 @@ def test_column_wise_answers_equal_phonenumbers_and_cover_the_memoised_numbers()
     column = pa.array(values, pa.string())
     assert phones.normalise_columns(column, "US").results() == expected
     assert phones.normalise_columns(column, "US").results() == expected  # memo now warm
-    # a slice (offset buffers) with nulls reads the same
+    # a slice (offset buffers) with nulls around it, and a chunked array, read the same
     sliced = pa.array([None, *values, None], pa.string()).slice(1, len(values))
     assert phones.normalise_columns(sliced, "US").results() == expected
+    chunked = pa.chunked_array([values[:100], values[100:]], pa.string())
+    assert phones.normalise_columns(chunked, "US").results() == expected
+    # a null inside is an empty value
+    holes = pa.array(["+12125550101", None, ""], pa.string())
+    assert phones.normalise_columns(holes, "US").results() == [
+        normalise("+12125550101", "US"),
+        PhoneReject("empty"),
+        PhoneReject("empty"),
+    ]
     text = pc.utf8_trim(column, phones._WHITESPACE)
     shaped = pc.match_substring_regex(text, phones._FAST_SHAPE_RE2)
     cleaned = pc.if_else(shaped, phones._digits_and_plus(text), None)
