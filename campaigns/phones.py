@@ -446,19 +446,21 @@ def _lookup(cc: int, cc_text: str, nsn: str, default_region: str) -> Normalised 
 
 class _ColumnarMemo:
     """The memo's entries again, for `_columnwise`: one key per entry, "cc:length:prefix",
-    in the order `_learn` added them, with the entry's evaluation; as pyarrow arrays, built
-    again only when entries were added since."""
+    in the order `_learn` added them, with the entry's evaluation; as pyarrow arrays of the
+    first entries, built again once the memo has grown by a tenth since (a memo of many
+    country codes grows with every chunk). An entry not in the arrays yet
+    only sends its numbers to the per-value code, which reads the memo itself."""
 
     def __init__(self) -> None:
         self.clear()
 
     def clear(self) -> None:
+        self.built: tuple[pa.Array, pa.Array, pa.Array, pa.Array] | None = None
         self.keys: list[str] = []
         self.regions: list[str | None] = []
         self.zones: list[str | None] = []
         self.valid: list[bool] = []
         self.depths: set[int] = set()
-        self.built: tuple[pa.Array, pa.Array, pa.Array, pa.Array] | None = None
 
     def add(self, cc_text: str, length: int, prefix: str, hit: _Evaluation) -> None:
         self.keys.append(f"{cc_text}:{length}:{prefix}")
@@ -466,13 +468,12 @@ class _ColumnarMemo:
         self.zones.append(hit[1])
         self.valid.append(hit is not _INVALID)
         self.depths.add(len(prefix))
-        self.built = None
 
     def arrays(self) -> tuple[pa.Array, pa.Array, pa.Array, pa.Array] | None:
         """(keys, regions, zones, valid), or None while the memo is empty."""
         if not self.keys:
             return None
-        if self.built is None:
+        if self.built is None or len(self.keys) > len(self.built[0]) * 1.1:
             self.built = (
                 pa.array(self.keys, pa.string()),
                 pa.array(self.regions, pa.string()),
