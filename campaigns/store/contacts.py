@@ -325,8 +325,8 @@ def record_import(
 ) -> None:
     """Record an import on its list. `inserted`: the contacts it added, each with the
     attributes `attribute_keys` (in `stored_key_order`). `held`: the number of contacts the
-    list now holds, when the caller knows it (else it is counted; the caller holds the
-    list's row locked, so no other import adds to it meanwhile).
+    list now holds, when the caller knows it (else it is counted; no other import adds to
+    the list meanwhile: on PostgreSQL `Staging` holds its row locked, SQLite has one writer).
 
     The keys are recorded when this import made all the list's contacts; once another
     import adds to the list they are no longer known (the export then reads the contacts:
