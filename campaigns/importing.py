@@ -730,8 +730,9 @@ class Validator:
         if len(found) and found[0] == -1:  # rows without a valid number
             found, first = found[1:], first[1:]
         seen = self.seen
-        fresh = [phone not in seen for phone in pc.take(numbers.dictionary, found).to_pylist()]
-        seen.update(pc.take(numbers.dictionary, found).to_pylist())
+        found_numbers = pc.take(numbers.dictionary, found).to_pylist()
+        fresh = [phone not in seen for phone in found_numbers]
+        seen.update(found_numbers)
         keep = np.sort(first[np.array(fresh, dtype=bool)])
         out.duplicates = (count - row_e164.null_count) - len(keep)
         bad = pc.indices_nonzero(pc.is_null(row_e164))

@@ -167,9 +167,10 @@ def normalise_columns(
         found = _columnwise(cleaned, national)
     except pa.ArrowInvalid:  # a metadata regex that RE2 cannot read: per value, then
         found = None
+    nulls = pa.nulls(len(values), pa.string())
     if found is None:
         open_mask = pa.repeat(True, len(values))
-        e164 = zones_of = region_of = pa.nulls(len(values), pa.string())
+        e164 = zones_of = region_of = nulls
     else:
         open_mask, e164, region_of, zones_of = found
     open_at = pc.indices_nonzero(open_mask)
@@ -188,7 +189,6 @@ def normalise_columns(
     def fill(column: pa.Array, items: list[str | None]) -> pa.Array:
         return pc.replace_with_mask(column, open_mask, pa.array(items, pa.string()))
 
-    nulls = pa.nulls(len(values), pa.string())
     return NormalisedColumns(
         e164=fill(e164, [r and r.e164 for r in valid]),
         region=fill(region_of, [r and r.region for r in valid]),

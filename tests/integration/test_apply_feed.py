@@ -18,7 +18,7 @@ from campaigns.db import make_async_engine
 from campaigns.models import WebhookEvent, utcnow
 from campaigns.store import events as store
 from campaigns.webhooks import feed_key
-from workers.context import build_deps, close_deps
+from workers.context import Deps, build_deps, close_deps
 from workers.event_jobs import APPLY_GROUP, SWEEP_BACKLOG_LIMIT, ApplyFeed, sweep_events
 
 
@@ -56,6 +56,15 @@ async def _stored(database_url: str, redis_url: str, count: int) -> tuple[Settin
     return settings, ids
 
 
+async def _handled(deps: Deps, ids: list[int]) -> int:
+    """How many of the events `ids` were applied (quarantined: their broadcast is unknown)."""
+    async with deps.sessions() as session:
+        count = await session.scalar(
+            select(func.count()).where(WebhookEvent.id.in_(ids), WebhookEvent.quarantined.is_(True))
+        )
+    return int(count or 0)
+
+
 async def test_waiting_groups_are_merged_into_one_apply_and_none_is_lost(
     database_url: str, redis_url: str
 ) -> None:
@@ -78,11 +87,7 @@ async def test_waiting_groups_are_merged_into_one_apply_and_none_is_lost(
     finally:
         await feed.close()
         await close_deps(deps)
-    async with deps.sessions() as session:
-        handled = await session.scalar(
-            select(func.count()).where(WebhookEvent.id.in_(ids), WebhookEvent.quarantined.is_(True))
-        )
-    assert handled == len(ids)  # every event was taken and handled, none left behind
+    assert await _handled(deps, ids) == len(ids)  # every event taken and handled, none left
     assert feed.applies == 2  # the five small groups in one apply, the big one alone
     assert await redis.llen(key) == 0
     await redis.aclose()
@@ -102,12 +107,7 @@ async def test_the_sweeper_leaves_a_backlog_to_the_feed_and_sweeps_once_it_is_go
         busy = await sweep_events({"deps": deps})
         await redis.delete(key)  # the backlog drained (or Redis lost it)
         done = await sweep_events({"deps": deps})
-        async with deps.sessions() as session:
-            handled = await session.scalar(
-                select(func.count()).where(
-                    WebhookEvent.id.in_(ids), WebhookEvent.quarantined.is_(True)
-                )
-            )
+        handled = await _handled(deps, ids)
     finally:
         await close_deps(deps)
         await redis.aclose()
