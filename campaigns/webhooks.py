@@ -54,7 +54,7 @@ from starlette.types import Receive, Scope, Send
 from campaigns.config import Settings
 from campaigns.db import make_async_engine
 from campaigns.enablex.crypto import ALGORITHM_HEADERS, decrypt_payload
-from campaigns.enablex.events import dedupe_key, parse_event
+from campaigns.enablex.events import Event, dedupe_key, parse_event
 from campaigns.errors import WebhookDecodeError
 from campaigns.models import WebhookEvent, utcnow
 from campaigns.store import events as store
@@ -71,20 +71,44 @@ def apply_job_id(first_event_id: int) -> str:
     return f"apply-events:{first_event_id}"
 
 
-def feed_key(queue_name: str) -> str:
-    """The Redis list the ingester pushes stored event groups to, next to the arq queue."""
-    return f"{queue_name}:apply-feed"
+def feed_key(queue_name: str, *, urgent: bool = False) -> str:
+    """The Redis list the ingester pushes stored event groups to, next to the arq queue;
+    `urgent`: the one for events a live call's next IVR step may wait on."""
+    return f"{queue_name}:apply-feed" + (":urgent" if urgent else "")
 
 
-async def enqueue_apply(redis: ArqRedis, queue_name: str, event_ids: list[int]) -> None:
+# Events that can move a live call's poll on (the person answered, a prompt ended, an
+# answer came in, the AMD result): whatever the platform should do next on that call
+# waits for them to be applied. They go on their own feed, which the workers apply ahead
+# of everything else (`workers.event_jobs.ApplyFeed`): under a backlog of other events
+# (dialling, ringing, hang-ups, another campaign's burst) the person on the line still
+# hears the next question at once. The applier is order-independent, so applying these
+# before their call's earlier events changes nothing but when.
+URGENT_KINDS = frozenset(
+    {"connected", "play_finished", "digit_collected", "speech_recognized", "menu_timeout"}
+)
+
+
+def is_urgent(event: Event) -> bool:
+    """Whether a live call's next IVR step may wait on this event."""
+    if event.kind in URGENT_KINDS:
+        return True
+    return event.amd_result is not None and event.kind != "disconnected"
+
+
+async def enqueue_apply(
+    redis: ArqRedis, queue_name: str, event_ids: list[int], *, urgent: bool = False
+) -> None:
     """Hand a group of stored events to the workers: one entry (the ids, as JSON) on the
-    apply feed, which a worker pops at once (`workers.event_jobs.ApplyFeed`). It is only a
-    wake-up: the events are in SQL already, and the sweeper applies any a lost Redis or a
-    dead worker left behind: a Redis failure is logged, never raised."""
+    apply feed (`urgent`: the urgent one), which a worker pops at once
+    (`workers.event_jobs.ApplyFeed`). It is only a wake-up: the events are in SQL already,
+    and the sweeper applies any a lost Redis or a dead worker left behind: a Redis
+    failure is logged, never raised."""
     if not event_ids:
         return
+    key = feed_key(queue_name, urgent=urgent)
     try:
-        await cast(Awaitable[int], redis.rpush(feed_key(queue_name), json.dumps(event_ids)))
+        await cast(Awaitable[int], redis.rpush(key, json.dumps(event_ids)))
     except (RedisError, OSError, TimeoutError) as exc:
         log.warning("could not put %d stored events on the apply feed: %r", len(event_ids), exc)
 
@@ -165,9 +189,14 @@ class GroupWriter:
         try:
             while self._pending:
                 group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
-                conn, ids = await self._insert(conn, group)
-                if ids:
-                    self._spawn(enqueue_apply(self._redis, self._queue_name, ids))
+                conn, stored = await self._insert(conn, group)
+                urgent_keys = {p.event.dedupe_key for p in group if p.event.urgent}
+                urgent = [i for i, key in stored if key in urgent_keys]
+                rest = [i for i, key in stored if key not in urgent_keys]
+                if urgent:
+                    self._spawn(enqueue_apply(self._redis, self._queue_name, urgent, urgent=True))
+                if rest:
+                    self._spawn(enqueue_apply(self._redis, self._queue_name, rest))
         finally:
             self._active -= 1
             if conn is not None:
@@ -175,50 +204,50 @@ class GroupWriter:
 
     async def _insert(
         self, conn: AsyncConnection | None, group: list[_Pending]
-    ) -> tuple[AsyncConnection | None, list[int]]:
+    ) -> tuple[AsyncConnection | None, list[tuple[int, str]]]:
         """Store a group and settle its requests' futures; the connection to go on with
-        (None: `conn` was released)."""
+        (None: `conn` was released), and the (id, dedupe key) of the rows written."""
         try:
-            conn, ids = await self._store(conn, [p.event for p in group])
+            conn, stored = await self._store(conn, [p.event for p in group])
         except (DataError, IntegrityError) as exc:  # `_store` has released `conn`
             if len(group) == 1:
                 _fail(group[0], exc)
                 return None, []
             # One row the database refuses must not fail its neighbours: one by one.
-            conn, ids = None, []
+            conn, stored = None, []
             for item in group:
                 try:
-                    conn, one_ids = await self._store(conn, [item.event])
-                except (SQLAlchemyError, OSError) as one:
+                    conn, one = await self._store(conn, [item.event])
+                except (SQLAlchemyError, OSError) as error:
                     conn = None
-                    _fail(item, one)
+                    _fail(item, error)
                 else:
-                    ids += one_ids
+                    stored += one
                     _resolve(item)
-            return conn, ids
+            return conn, stored
         except (SQLAlchemyError, OSError) as exc:  # unreachable database: 503 for all
             for item in group:
                 _fail(item, exc)
             return None, []
         for item in group:
             _resolve(item)
-        return conn, ids
+        return conn, stored
 
     async def _store(
         self, conn: AsyncConnection | None, events: list[store.NewEvent]
-    ) -> tuple[AsyncConnection | None, list[int]]:
+    ) -> tuple[AsyncConnection | None, list[tuple[int, str]]]:
         """One INSERT, committed before it returns. A connection found dead (the database
         restarted since it was opened) is replaced once: the INSERT skips what an earlier
         try may have stored, so repeating it is safe. On a failure the connection is
         released (the error says which connection it was: `conn` is invalid after it)."""
         if self._autocommit is None:  # SQLite: a transaction per group, no kept connection
             async with self._engine.begin() as sqlite_conn:
-                return None, await store.insert_events(sqlite_conn, events)
+                return None, await store.insert_events_keyed(sqlite_conn, events)
         for attempt in (1, 2):
             if conn is None:
                 conn = await self._autocommit.connect()
             try:
-                return conn, await store.insert_events(conn, events)
+                return conn, await store.insert_events_keyed(conn, events)
             except DBAPIError as exc:
                 await _discard(conn)
                 conn = None
@@ -436,6 +465,7 @@ class Ingester:
             broadcast_id=event.broadcast_id,
             payload=data,
             received_at=self.clock(),
+            urgent=is_urgent(event),
         )
         assert self.writer is not None
         try:

@@ -10,7 +10,9 @@ The ingester pushes each commit group's event ids onto the apply feed (a Redis l
 to `APPLY_CONCURRENCY` groups at a time (groups already waiting are merged, up to
 `APPLY_GROUP` ids; a group's slot is held until its IVR commands are sent): one Redis
 round trip between the ingester's commit and the apply, which is what an IVR turn waits
-for. Events whose call another transaction holds are skipped, not waited for, and pushed
+for. The events a live call's next prompt may wait on (`campaigns.webhooks.is_urgent`)
+come on a feed of their own, with slots of their own (`URGENT_CONCURRENCY`): a backlog of
+other events never stands between a person's answer and the next question. Events whose call another transaction holds are skipped, not waited for, and pushed
 back on the feed a moment later. Groups that must wait (events of a
 broadcast not recorded yet) or hit a database error go on as `apply_events` arq jobs
 with backoff. The cron `sweep_events` re-applies what was stored but never applied (a
@@ -173,9 +175,15 @@ async def sweep_events(ctx: dict[str, Any]) -> str:
 
 
 async def _feed_backlog(deps: Deps) -> int:
-    """Groups waiting on the apply feed (0 when Redis cannot tell: sweep anyway)."""
+    """Groups waiting on the apply feeds (0 when Redis cannot tell: sweep anyway)."""
+    queue = deps.settings.queue_name
     try:
-        return int(await cast(Awaitable[int], deps.redis.llen(feed_key(deps.settings.queue_name))))
+        return sum(
+            [
+                int(await cast(Awaitable[int], deps.redis.llen(feed_key(queue, urgent=urgent))))
+                for urgent in (False, True)
+            ]
+        )
     except (RedisError, OSError):
         return 0
 
@@ -189,6 +197,8 @@ FEED_BLOCK_SECONDS = 1
 # the same calls only skip each other (bench/ingest_bench.py, backlog applied: 717
 # events/s with 8, 1,110/s with 3).
 APPLY_CONCURRENCY = 3
+# Group transactions one worker runs at once for the urgent feed, on top of those.
+URGENT_CONCURRENCY = 2
 # Most event ids one apply takes when merging groups that wait on the feed.
 APPLY_GROUP = 500
 # How long events whose call another apply held wait before they are tried again.
@@ -196,12 +206,16 @@ BUSY_DEFER_SECONDS = 0.02
 
 
 class ApplyFeed:
-    """Applies the event groups the ingester pushes, as soon as they arrive."""
+    """Applies the event groups the ingester pushes, as soon as they arrive: those of one
+    feed (`urgent`: the urgent events' feed; every worker runs one of each)."""
 
-    def __init__(self, deps: Deps, redis: ArqRedis, *, concurrency: int) -> None:
+    def __init__(
+        self, deps: Deps, redis: ArqRedis, *, concurrency: int, urgent: bool = False
+    ) -> None:
         self.deps = deps
         self.redis = redis
-        self.key = feed_key(deps.settings.queue_name)
+        self.urgent = urgent
+        self.key = feed_key(deps.settings.queue_name, urgent=urgent)
         self._slots = asyncio.Semaphore(max(1, concurrency))
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.Task[None] | None = None
@@ -209,7 +223,8 @@ class ApplyFeed:
         self.applies = 0  # transactions that applied them
 
     def start(self) -> None:
-        self._loop = asyncio.create_task(self._run(), name="apply-feed")
+        name = "apply-feed-urgent" if self.urgent else "apply-feed"
+        self._loop = asyncio.create_task(self._run(), name=name)
 
     async def close(self) -> None:
         """Stop popping; let the groups already popped finish."""
@@ -318,7 +333,8 @@ class ApplyFeed:
     def _push_back(self, ids: list[int]) -> None:
         """Events whose calls another transaction held: back on the feed, for whichever
         worker pops them next."""
-        task = asyncio.create_task(enqueue_apply(self.redis, self.deps.settings.queue_name, ids))
+        queue = self.deps.settings.queue_name
+        task = asyncio.create_task(enqueue_apply(self.redis, queue, ids, urgent=self.urgent))
         self._tasks.add(task)
         task.add_done_callback(self._done)
 

@@ -21,7 +21,13 @@ from campaigns.config import Settings
 from campaigns.models import utcnow
 from workers import jobs
 from workers.context import build_deps, close_deps
-from workers.event_jobs import APPLY_CONCURRENCY, EVENT_CRON_JOBS, EVENT_FUNCTIONS, ApplyFeed
+from workers.event_jobs import (
+    APPLY_CONCURRENCY,
+    EVENT_CRON_JOBS,
+    EVENT_FUNCTIONS,
+    URGENT_CONCURRENCY,
+    ApplyFeed,
+)
 
 EVERY_SECOND = set(range(60))
 EVERY_5_SECONDS = set(range(0, 60, 5))
@@ -34,15 +40,18 @@ def worker_options(
 
     async def startup(ctx: dict[str, Any]) -> None:
         deps = ctx["deps"] = await build_deps(settings, ctx["redis"], clock=clock)
-        feed = ctx["apply_feed"] = ApplyFeed(
-            deps, ctx["redis"], concurrency=min(settings.worker_max_jobs, APPLY_CONCURRENCY)
-        )
-        feed.start()
+        slots = min(settings.worker_max_jobs, APPLY_CONCURRENCY)
+        feeds = ctx["apply_feeds"] = [
+            ApplyFeed(deps, ctx["redis"], concurrency=URGENT_CONCURRENCY, urgent=True),
+            ApplyFeed(deps, ctx["redis"], concurrency=slots),
+        ]
+        for feed in feeds:
+            feed.start()
 
     async def shutdown(ctx: dict[str, Any]) -> None:
-        feed = ctx.get("apply_feed")
-        if isinstance(feed, ApplyFeed):
-            await feed.close()
+        for feed in ctx.get("apply_feeds", []):
+            if isinstance(feed, ApplyFeed):
+                await feed.close()
         deps = ctx.get("deps")
         if deps is not None:
             await close_deps(deps)

@@ -40,6 +40,9 @@ class NewEvent:
     broadcast_id: str | None
     payload: dict[str, Any]
     received_at: datetime
+    # A live call's next IVR step may wait on this event: the workers apply it first
+    # (`campaigns.webhooks.is_urgent`).
+    urgent: bool = False
 
 
 def _dialect(session: AsyncSession) -> str:
@@ -59,13 +62,20 @@ _PG_INSERT_EVENTS = (
     " (dedupe_key, voice_id, broadcast_id, payload, received_at, quarantined)"
     " SELECT e.k, e.v, e.b, e.p, e.r, false"
     " FROM json_to_recordset(%(events)s::json) AS e (k text, v text, b text, p jsonb, r timestamptz)"
-    " ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
+    " ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key"
 )
 
 
 async def insert_events(conn: AsyncConnection, events: Sequence[NewEvent]) -> list[int]:
     """Store events, skipping those already stored (also a second copy in `events`); the
     ids of the rows written, ascending. `received_at` must be timezone-aware."""
+    return [event_id for event_id, _ in await insert_events_keyed(conn, events)]
+
+
+async def insert_events_keyed(
+    conn: AsyncConnection, events: Sequence[NewEvent]
+) -> list[tuple[int, str]]:
+    """`insert_events`, with each written row's dedupe key: (id, key), ascending by id."""
     if not events:
         return []
     if conn.dialect.name == "postgresql":
@@ -81,8 +91,8 @@ async def insert_events(conn: AsyncConnection, events: Sequence[NewEvent]) -> li
                 for e in events
             ]
         )
-        result = await conn.exec_driver_sql(_PG_INSERT_EVENTS, {"events": document})
-        return sorted(int(i) for i in result.scalars().all())
+        written = await conn.exec_driver_sql(_PG_INSERT_EVENTS, {"events": document})
+        return sorted((int(m["id"]), str(m["dedupe_key"])) for m in written.mappings())
     rows = [
         {
             "dedupe_key": e.dedupe_key,
@@ -98,10 +108,10 @@ async def insert_events(conn: AsyncConnection, events: Sequence[NewEvent]) -> li
         _insert(conn.dialect.name)(WebhookEvent)
         .values(rows)
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        .returning(WebhookEvent.id)
+        .returning(WebhookEvent.id, WebhookEvent.dedupe_key)
     )
     result = await conn.execute(stmt)
-    return sorted(int(i) for i in result.scalars().all())
+    return sorted((int(i), str(k)) for i, k in result.all())
 
 
 async def unapplied_event_ids(

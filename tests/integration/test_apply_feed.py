@@ -18,6 +18,7 @@ from campaigns.db import make_async_engine
 from campaigns.models import WebhookEvent, utcnow
 from campaigns.store import events as store
 from campaigns.webhooks import feed_key
+from tests.integration.factories import running_workers
 from workers.context import Deps, build_deps, close_deps
 from workers.event_jobs import APPLY_GROUP, SWEEP_BACKLOG_LIMIT, ApplyFeed, sweep_events
 
@@ -139,3 +140,36 @@ async def test_a_malformed_feed_entry_does_not_stop_the_feed(
         await redis.aclose()
     assert feed.applies == 1
     assert feed.applied == 0  # quarantined (never submitted), handled all the same
+
+
+async def test_urgent_events_are_applied_ahead_of_a_backlog_on_the_other_feed(
+    database_url: str, redis_url: str
+) -> None:
+    """A real worker runs both feeds: a group on the urgent feed (a live call's answer)
+    is applied while a backlog of other events still waits on the other one."""
+    backlog_groups = 40
+    settings, ids = await _stored(database_url, redis_url, backlog_groups * APPLY_GROUP + 3)
+    backlog, urgent = ids[:-3], ids[-3:]
+    redis = await create_pool(RedisSettings.from_dsn(redis_url))
+    queue = settings.queue_name
+    for start in range(0, len(backlog), APPLY_GROUP):
+        await redis.rpush(feed_key(queue), json.dumps(backlog[start : start + APPLY_GROUP]))
+    await redis.rpush(feed_key(queue, urgent=True), json.dumps(urgent))
+    deps = await build_deps(settings, redis)
+    try:
+        async with running_workers(settings, redis_url):
+            for _ in range(600):
+                if await _handled(deps, urgent) == len(urgent):
+                    break
+                await asyncio.sleep(0.02)
+            waiting_then = await redis.llen(feed_key(queue))
+            for _ in range(1200):
+                if not await redis.llen(feed_key(queue)) and await _handled(deps, ids) == len(ids):
+                    break
+                await asyncio.sleep(0.05)
+        handled = await _handled(deps, ids)
+    finally:
+        await close_deps(deps)
+        await redis.aclose()
+    assert waiting_then > 0, "the urgent group waited for the whole backlog"
+    assert handled == len(ids)  # and the backlog was applied all the same

@@ -113,13 +113,53 @@ async def test_an_event_is_stored_then_acknowledged_and_handed_to_the_workers(
     assert row.voice_id == data["voice_id"]
     assert row.applied_at is None
     assert not row.quarantined
-    # Handed to the workers right after the commit, on the apply feed they pop from.
+    # Handed to the workers right after the commit, on the apply feed they pop from (the
+    # urgent one: the call's first prompt waits on `connected`).
     for _ in range(200):
-        queued = await ingest.redis.lrange(feed_key(ingest.settings.queue_name), 0, -1)
+        queued = await ingest.redis.lrange(feed_key(ingest.settings.queue_name, urgent=True), 0, -1)
         if queued:
             break
         await asyncio.sleep(0.01)
     assert queued == [f"[{row.id}]".encode()]
+    assert await ingest.redis.llen(feed_key(ingest.settings.queue_name)) == 0
+
+
+async def test_events_a_live_call_waits_on_go_on_the_urgent_feed(ingest: Ingest) -> None:
+    voice_id = str(uuid.uuid4())
+
+    def play(playstate: str, **extra: object) -> dict[str, object]:
+        data = event(voice_id=voice_id, playstate=playstate, prompt_ref="q:r:1", play_id="p1")
+        del data["state"]
+        return {**data, **extra}
+
+    urgent = [
+        event("connected", voice_id=voice_id, amd_result="human"),
+        play("playfinished"),
+        play("digitcollected", digit="4"),
+        play("menutimeout"),
+        play("speech_recognized", text="yes"),
+    ]
+    later = [
+        event("initiated", voice_id=voice_id),
+        event("ringing", voice_id=voice_id),
+        play("initiated"),
+        event("disconnected", voice_id=voice_id, disconnect_reason="normal", amd_result="human"),
+    ]
+    for data in urgent + later:
+        assert (await ingest.post(data)).status_code == 200
+    stored = {json.dumps(row.payload, sort_keys=True): row.id for row in ingest.stored()}
+    queue = ingest.settings.queue_name
+
+    async def fed(urgent: bool) -> set[int]:
+        entries = await ingest.redis.lrange(feed_key(queue, urgent=urgent), 0, -1)
+        return {i for entry in entries for i in json.loads(entry)}
+
+    for _ in range(200):
+        if len(await fed(True) | await fed(False)) == len(stored):
+            break
+        await asyncio.sleep(0.01)
+    assert await fed(True) == {stored[json.dumps(d, sort_keys=True)] for d in urgent}
+    assert await fed(False) == {stored[json.dumps(d, sort_keys=True)] for d in later}
 
 
 async def test_a_redelivered_copy_is_acknowledged_and_stored_once(ingest: Ingest) -> None:
