@@ -551,8 +551,8 @@ async def contender(
             result["max"] = await go(proc, path)
             print(who, "max load", json.dumps(result["max"]), flush=True)
             return result
-        worker = await asyncio.to_thread(spawn, "worker", env, HERE)
-        procs.append(worker)
+        workers = await spawn_workers(env, args.workers)
+        procs += workers
         await asyncio.sleep(1.0)
         # 0. a live poll campaign with no other load: the IVR turn's floor on this machine
         sim.reset()
@@ -565,7 +565,7 @@ async def contender(
         clock.active = False
         result["ivr_alone"] = await ivr_figures(clock, sim, url)
         print(result["who"], "ivr alone", json.dumps(result["ivr_alone"]), flush=True)
-        await asyncio.to_thread(stop, [worker])
+        await asyncio.to_thread(stop, workers)
         # 1. ingest alone, as fast as it goes (no worker: stored, not applied) ...
         events = event_stream(max_calls)
         proc, path = await run_load(
@@ -575,8 +575,7 @@ async def contender(
         result["max"] = await go(proc, path)
         print(result["who"], "max load", json.dumps(result["max"]), flush=True)
         # ... then the worker alone applies that backlog.
-        worker = await asyncio.to_thread(spawn, "worker", env, HERE)
-        procs.append(worker)
+        procs += await spawn_workers(env, args.workers)
         started = time.time()
         result["max_apply"] = await wait_applied(url, before, args.drain)
         result["max_apply"]["worker_started"] = started
@@ -608,6 +607,13 @@ async def contender(
     finally:
         await asyncio.to_thread(stop, procs)
     return result
+
+
+async def spawn_workers(env: dict[str, str], count: int) -> list[subprocess.Popen[bytes]]:
+    """`count` worker processes on one queue, each ready when this returns."""
+    return list(
+        await asyncio.gather(*(asyncio.to_thread(spawn, "worker", env, HERE) for _ in range(count)))
+    )
 
 
 def digit_turns(ledger: list[dict[str, Any]]) -> tuple[list[float], int]:
@@ -822,6 +828,11 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], setup: dict[
     if naive is not None:
         n_sus = min(naive["max"]["ack_rate"], apply_rate(naive["max_apply"]))
         vs = f" (naive: {n_sus:,.0f}/s, so {sustained / n_sus:.1f}×)" if n_sus else ""
+    workers = (
+        "one arq worker process"
+        if args.workers == 1
+        else f"{args.workers} arq worker processes (as `campaign worker` started {args.workers} times)"
+    )
     return f"""## Webhook ingest and the IVR turn
 
 Machine: {machine()}; {load_note()}. Other processes (tests, other benchmarks) may share the
@@ -831,9 +842,10 @@ as the ingester and the worker. Command: `{command}`, on commit {code_version()}
 Set-up: {sum(setup.values()):,} calls of four poll campaigns really submitted by the product's
 worker to the simulator; each gets a synthetic 10-event life (encrypted with
 `encrypt_payload`, AES-256-CBC/base64), sent by a separate load-generator process (raw
-asyncio HTTP/1.1, keep-alive). One uvicorn ingester process (httptools, access log off), one arq worker
-process (`make_worker`: its apply feed pops the ingester's commit groups from Redis at once;
-default `max_jobs` 50, `poll_delay` 0.02 s), PostgreSQL, Redis. Applied = `applied_at` set by
+asyncio HTTP/1.1, keep-alive). One uvicorn ingester process (httptools, access log off),
+{workers} (`make_worker`: its apply feeds pop the ingester's commit
+groups from Redis at once, the urgent feed with slots of its own; default `max_jobs` 50,
+`poll_delay` 0.02 s), PostgreSQL, Redis. Applied = `applied_at` set by
 the worker (the attempt row, answers and IVR commands written).
 Naive baseline: a Starlette handler that decrypts, parses, does one INSERT ... ON CONFLICT DO
 NOTHING + commit and one `enqueue_job("apply_events", [id])` per event; same worker.
@@ -960,6 +972,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--rate-seconds", type=float, default=8.0)
     parser.add_argument("--ivr-seconds", type=float, default=6.0)
     parser.add_argument("--drain", type=float, default=20.0, help="max seconds to wait for apply")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes (each `campaign worker`)"
+    )
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument(
         "--h11",
