@@ -4,8 +4,9 @@
 the size limit, decrypt, parse, store the raw event in `webhook_event` (deduplicated on its
 key) and only then answer 200; the stored events are then handed to the workers, one entry
 per commit group on a Redis list that a worker pops at once (an arq job per group would
-wait for the worker's poll and job start-up on every IVR turn). Nothing else happens
-here: applying is the worker's job.
+wait for the worker's poll and job start-up on every IVR turn); the events a live call's
+next prompt waits on go on a second list, applied ahead of the rest (`is_urgent`).
+Nothing else happens here: applying is the worker's job.
 
 Status codes: 404 wrong token (no detail), 405 not a POST, 413 body too large, 415
 plaintext refused by the settings, 400 undecryptable / not JSON / not an event / not
