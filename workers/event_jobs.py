@@ -12,8 +12,9 @@ to `APPLY_CONCURRENCY` groups at a time (groups already waiting are merged, up t
 round trip between the ingester's commit and the apply, which is what an IVR turn waits
 for. The events a live call's next prompt may wait on (`campaigns.webhooks.is_urgent`)
 come on a feed of their own, with slots of their own (`URGENT_CONCURRENCY`): a backlog of
-other events never stands between a person's answer and the next question. Events whose call another transaction holds are skipped, not waited for, and pushed
-back on the feed a moment later. Groups that must wait (events of a
+other events never stands between a person's answer and the next question. Events whose
+call another transaction holds are skipped, not waited for, and pushed back on the feed
+they came from a moment later. Groups that must wait (events of a
 broadcast not recorded yet) or hit a database error go on as `apply_events` arq jobs
 with backoff. The cron `sweep_events` re-applies what was stored but never applied (a
 crash between the commit and the push, a lost Redis, a worker killed mid-apply) and
