@@ -40,9 +40,11 @@ def worker_options(
 
     async def startup(ctx: dict[str, Any]) -> None:
         deps = ctx["deps"] = await build_deps(settings, ctx["redis"], clock=clock)
+        # Both feeds within the worker's job limit, as the arq jobs are.
+        urgent_slots = min(settings.worker_max_jobs, URGENT_CONCURRENCY)
         slots = min(settings.worker_max_jobs, APPLY_CONCURRENCY)
         feeds = ctx["apply_feeds"] = [
-            ApplyFeed(deps, ctx["redis"], concurrency=URGENT_CONCURRENCY, urgent=True),
+            ApplyFeed(deps, ctx["redis"], concurrency=urgent_slots, urgent=True),
             ApplyFeed(deps, ctx["redis"], concurrency=slots),
         ]
         for feed in feeds:
