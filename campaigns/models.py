@@ -202,6 +202,11 @@ class Recipient(Base):
     contact_id: Mapped[int] = mapped_column(ForeignKey("contact.id"))
     phone: Mapped[str] = mapped_column(String(20))
     time_zones: Mapped[str | None] = mapped_column(Text)
+    # The contact's name and attributes as they were when the campaign started (copied by
+    # `store.fan_out_recipients`): personalisation and the export read them here, one row,
+    # instead of joining each recipient to its contact.
+    name: Mapped[str | None] = mapped_column(Text)
+    attributes: Mapped[dict[str, Any] | None] = mapped_column()
     status: Mapped[str] = mapped_column(String(16), default=RecipientStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column()

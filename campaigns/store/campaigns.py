@@ -113,7 +113,8 @@ async def transition(
 async def fan_out_recipients(session: AsyncSession, campaign: Campaign, now: datetime) -> int:
     """One recipient row per contact of the campaign's list, in one set-based statement,
     in the order the contacts were added (an import adds them in the file's row order), so
-    the campaign calls them in that order.
+    the campaign calls them in that order. Each recipient keeps a copy of its contact's name
+    and attributes (personalisation and the export read them there).
 
     Numbers on the DNC list become `suppressed` with final outcome `dnc`.
     """
@@ -124,6 +125,8 @@ async def fan_out_recipients(session: AsyncSession, campaign: Campaign, now: dat
             Contact.id,
             Contact.phone,
             Contact.time_zones,
+            Contact.name,
+            Contact.attributes,
             case(
                 (on_dnc, literal(RecipientStatus.SUPPRESSED.value)),
                 else_=literal(RecipientStatus.PENDING.value),
@@ -141,6 +144,8 @@ async def fan_out_recipients(session: AsyncSession, campaign: Campaign, now: dat
             "contact_id",
             "phone",
             "time_zones",
+            "name",
+            "attributes",
             "status",
             "attempts",
             "final_outcome",

@@ -24,7 +24,6 @@ from campaigns.models import (
     Batch,
     BatchState,
     CallAttempt,
-    Contact,
     DncNumber,
     Recipient,
     RecipientStatus,
@@ -208,11 +207,10 @@ async def batch_members(session: AsyncSession, batch_id: str) -> list[BatchMembe
                 CallAttempt.recipient_id,
                 CallAttempt.phone,
                 Recipient.time_zones,
-                Contact.attributes,
-                Contact.name,
+                Recipient.attributes,
+                Recipient.name,
             )
             .join(Recipient, Recipient.id == CallAttempt.recipient_id)
-            .join(Contact, Contact.id == Recipient.contact_id)
             .where(CallAttempt.batch_id == batch_id)
             .order_by(CallAttempt.id)
         )

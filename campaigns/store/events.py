@@ -24,7 +24,6 @@ from campaigns.models import (
     AttemptState,
     Batch,
     CallAttempt,
-    Contact,
     DncNumber,
     Recipient,
     WebhookEvent,
@@ -162,14 +161,15 @@ async def attempt_ids_by_batch_phone(
 async def contact_attributes(
     session: AsyncSession, recipient_ids: Iterable[int]
 ) -> dict[int, dict[str, Any]]:
-    """recipient id → its contact's attributes (with `name` and `phone` too)."""
+    """recipient id → its contact's attributes (with `name` and `phone` too), from the
+    recipient's copy of them."""
     wanted = list(set(recipient_ids))
     if not wanted:
         return {}
     rows = await session.execute(
-        select(Recipient.id, Contact.attributes, Contact.name, Contact.phone)
-        .join(Contact, Contact.id == Recipient.contact_id)
-        .where(Recipient.id.in_(wanted))
+        select(Recipient.id, Recipient.attributes, Recipient.name, Recipient.phone).where(
+            Recipient.id.in_(wanted)
+        )
     )
     out: dict[int, dict[str, Any]] = {}
     for rid, attributes, name, phone in rows.all():

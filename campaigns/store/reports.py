@@ -471,6 +471,14 @@ def recipient_span(conn: Connection, campaign_id: int) -> RecipientSpan:
     return RecipientSpan(int(count), int(first or 0), int(last or 0))
 
 
+def _bytewise(dialect: Dialect, column: Any) -> Any:
+    """`column` compared byte by byte (COLLATE "C" on PostgreSQL; SQLite always is). For an
+    aggregate that only carries a value through (max over the one row of a group, the
+    rare group of several being resolved otherwise): the database's locale collation would
+    spend ~0.2 µs on every comparison for nothing."""
+    return column.collate("C") if dialect.name == "postgresql" else column
+
+
 def _pair(dialect: Dialect, first: Any, second: Any) -> Any:
     """Two text values as one (an array on PostgreSQL, a JSON array on SQLite)."""
     if dialect.name == "postgresql":
@@ -495,8 +503,9 @@ def recipients_export(
     `campaigns.export.recipient_header` for the columns).
 
     Built for one pass over each table in recipient order, with no hash table and no sort:
-    the recipients by primary key, their contact by primary key, the attempts and the
-    answers each aggregated in one GROUP BY over their recipient index, merge-joined. The
+    the recipients by primary key (each carries its contact's name and attributes, so no
+    contact is looked up), the attempts and the answers each aggregated in one GROUP BY
+    over their recipient index, merge-joined. The
     id range bounds every index scan (and lets the export split a campaign into streams).
 
     The AMD result is the latest answered attempt's: when a recipient has one answered
@@ -516,7 +525,7 @@ def recipients_export(
         select(
             CallAttempt.recipient_id.label("rid"),
             func.count().filter(answered).label("answered"),
-            func.max(CallAttempt.amd_result).filter(answered).label("amd"),
+            func.max(_bytewise(dialect, CallAttempt.amd_result)).filter(answered).label("amd"),
             func.min(CallAttempt.started_at).label("first_at"),
             func.max(func.coalesce(CallAttempt.ended_at, CallAttempt.started_at)).label("last_at"),
         )
@@ -534,8 +543,8 @@ def recipients_export(
     inner: list[Any] = [
         Recipient.id.label("id"),
         Recipient.phone.label("phone"),
-        Contact.name.label("name"),
-        *(Contact.attributes[key].as_string().label(f"a{i}") for i, key in enumerate(attributes)),
+        Recipient.name.label("name"),
+        *(Recipient.attributes[key].as_string().label(f"a{i}") for i, key in enumerate(attributes)),
         Recipient.status.label("status"),
         func.coalesce(Recipient.final_outcome, Recipient.last_outcome).label("outcome"),
         Recipient.attempts.label("attempts"),
@@ -543,20 +552,15 @@ def recipients_export(
         attempts.c.first_at.label("first_at"),
         attempts.c.last_at.label("last_at"),
     ]
-    stmt = (
-        select()
-        .select_from(Recipient)
-        .join(Contact, Contact.id == Recipient.contact_id)
-        .outerjoin(attempts, attempts.c.rid == Recipient.id)
-    )
+    stmt = select().select_from(Recipient).outerjoin(attempts, attempts.c.rid == Recipient.id)
     if questions:
         pivot: list[Any] = [Answer.recipient_id.label("rid")]
         for i, key in enumerate(questions):
             this = Answer.question_key == key
             pivot += [
                 func.count().filter(this).label(f"n{i}"),
-                func.max(Answer.label).filter(this).label(f"l{i}"),
-                func.max(Answer.raw).filter(this).label(f"r{i}"),
+                func.max(_bytewise(dialect, Answer.label)).filter(this).label(f"l{i}"),
+                func.max(_bytewise(dialect, Answer.raw)).filter(this).label(f"r{i}"),
             ]
         answers = (
             select(*pivot)

@@ -307,3 +307,22 @@ async def test_two_jobs_for_one_batch_post_it_once(
         assert batch is not None
         assert batch.state == "submitted"
         assert batch.submit_tries == 1
+
+
+async def test_starting_a_campaign_copies_each_contacts_name_and_attributes(
+    database_url: str, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """Personalisation and the export read a recipient's own copy of its contact."""
+    make_list(database_url, us_numbers(3), name="copy-list")
+    campaign_id = await create_campaign(database_url, campaign_toml(list_name="copy-list"))
+    async with sessions() as session:
+        rows = (
+            await session.execute(
+                select(Recipient.phone, Recipient.name, Recipient.attributes)
+                .where(Recipient.campaign_id == campaign_id)
+                .order_by(Recipient.id)
+            )
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        (phone, f"Person {i}", {"city": "Springfield"}) for i, phone in enumerate(us_numbers(3))
+    ]

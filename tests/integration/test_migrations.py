@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
 from campaigns import migrate
 from campaigns.db import make_engine
 from campaigns.errors import SchemaError
-from campaigns.models import Base
+from campaigns.models import Base, Contact, Recipient
 from tests.conftest import BACKEND, POSTGRES_URL
 from tests.integration.factories import campaign_toml, create_campaign, make_list, us_numbers
 
@@ -109,15 +109,46 @@ def test_a_contact_must_name_an_existing_list_and_leaves_with_it(database_url: s
 async def test_migrating_contact_keeps_the_rows_that_reference_it(empty_database: str) -> None:
     """0002 rebuilds `contact` on SQLite: recipients that point at contacts must survive it
     (with foreign keys enforced, dropping the old table would cascade into them), and the
-    downgrade back to the foreign key too."""
+    downgrade back to the foreign key too. 0004 gives the recipients made before it their
+    contact's name and attributes."""
     migrate.upgrade(empty_database, "0001")
     make_list(empty_database, us_numbers(4), name="list")
-    await create_campaign(empty_database, campaign_toml(list_name="list"))
+    campaign_id = await create_campaign(
+        empty_database, campaign_toml(list_name="list"), start=False
+    )
+    # Recipients as revision 0001 stored them (today's fan-out writes later columns too).
+    engine = make_engine(empty_database)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO recipient (campaign_id, contact_id, phone, time_zones, "
+                    "status, attempts, updated_at) SELECT :cid, id, phone, time_zones, "
+                    "'pending', 0, CURRENT_TIMESTAMP FROM contact ORDER BY id"
+                ),
+                {"cid": campaign_id},
+            )
+    finally:
+        engine.dispose()
     before = _count(empty_database, "SELECT count(*) FROM recipient")
     assert before == 4
     migrate.upgrade(empty_database)
     assert _count(empty_database, "SELECT count(*) FROM recipient") == before
     assert _count(empty_database, "SELECT count(*) FROM contact") == 4
+    engine = make_engine(empty_database)
+    try:
+        with engine.connect() as conn:
+            copied = conn.execute(
+                select(Recipient.name, Recipient.attributes, Contact.name, Contact.attributes)
+                .join(Contact, Contact.id == Recipient.contact_id)
+                .order_by(Recipient.id)
+            ).all()
+    finally:
+        engine.dispose()
+    assert [(name, attributes) for name, attributes, _, _ in copied] == [
+        (f"Person {i}", {"city": "Springfield"}) for i in range(4)
+    ]
+    assert all(r[0] == r[2] and r[1] == r[3] for r in copied)
     migrate.downgrade(empty_database, "0001")
     assert _count(empty_database, "SELECT count(*) FROM recipient") == before
     assert _count(empty_database, "SELECT count(*) FROM contact") == 4

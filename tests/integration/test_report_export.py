@@ -289,6 +289,8 @@ def build_campaign(database_url: str) -> int:
                             contact_id=contact_id,
                             phone=p.phone,
                             time_zones="America/New_York",
+                            name=p.name,
+                            attributes=p.attributes,
                             status=p.status,
                             attempts=p.attempts,
                             last_outcome=p.last_outcome,
