@@ -16,7 +16,7 @@ other events never stands between a person's answer and the next question. Event
 call another transaction holds are skipped, not waited for, and pushed back on the feed
 they came from a moment later. Groups that must wait (events of a
 broadcast not recorded yet) or hit a database error go on as `apply_events` arq jobs
-with backoff. The cron `sweep_events` re-applies what was stored but never applied (a
+with backoff, which keep the group's urgency. The cron `sweep_events` re-applies what was stored but never applied (a
 crash between the commit and the push, a lost Redis, a worker killed mid-apply) and
 settles attempts whose settle waited for a reordered event that never came.
 """
@@ -106,9 +106,10 @@ async def _follow_up(deps: Deps, result: applying.ApplyResult) -> None:
         )
 
 
-async def apply_events(ctx: dict[str, Any], event_ids: list[int]) -> str:
+async def apply_events(ctx: dict[str, Any], event_ids: list[int], urgent: bool = False) -> str:
     """Apply a group of stored events. Early events (broadcast not recorded yet) are
-    retried with backoff; the sweeper keeps retrying them until they are quarantined."""
+    retried with backoff; the sweeper keeps retrying them until they are quarantined.
+    `urgent`: the group came from the urgent feed, and its busy events go back there."""
     deps = deps_of(ctx)
     tries = int(ctx.get("job_try", 1))
     try:
@@ -117,7 +118,7 @@ async def apply_events(ctx: dict[str, Any], event_ids: list[int]) -> str:
         log.warning("applying events failed (%s): retrying", exc.__class__.__name__)
         raise Retry(defer=timedelta(seconds=min(5.0, 0.1 * 2**tries))) from exc
     if result.busy:  # calls another transaction held: to the feed, as the ingester does
-        await enqueue_apply(deps.redis, deps.settings.queue_name, result.busy)
+        await enqueue_apply(deps.redis, deps.settings.queue_name, result.busy, urgent=urgent)
     if result.waiting and tries < 8:
         raise Retry(defer=timedelta(seconds=min(5.0, 0.25 * 2 ** (tries - 1))))
     return (
@@ -343,6 +344,7 @@ class ApplyFeed:
         await self.redis.enqueue_job(
             APPLY_JOB,
             ids,
+            self.urgent,
             _job_id=apply_job_id(min(ids)),
             _defer_by=timedelta(seconds=defer),
             _queue_name=self.deps.settings.queue_name,

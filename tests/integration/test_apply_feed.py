@@ -23,7 +23,7 @@ from workers.context import Deps, build_deps, close_deps
 from workers.event_jobs import APPLY_GROUP, SWEEP_BACKLOG_LIMIT, ApplyFeed, sweep_events
 
 
-def _event(i: int) -> store.NewEvent:
+def _event(i: int, age: timedelta = timedelta(hours=1)) -> store.NewEvent:
     voice_id = f"never-submitted-{uuid.uuid4().hex[:8]}-{i}"
     payload = {
         "voice_id": voice_id,
@@ -38,7 +38,7 @@ def _event(i: int) -> store.NewEvent:
         voice_id=voice_id,
         broadcast_id="b-unknown",
         payload=payload,
-        received_at=utcnow() - timedelta(hours=1),
+        received_at=utcnow() - age,
     )
 
 
@@ -173,3 +173,31 @@ async def test_urgent_events_are_applied_ahead_of_a_backlog_on_the_other_feed(
         await redis.aclose()
     assert waiting_then > 0, "the urgent group waited for the whole backlog"
     assert handled == len(ids)  # and the backlog was applied all the same
+
+
+async def test_a_waiting_urgent_group_is_handed_to_a_job_that_keeps_its_urgency(
+    database_url: str, redis_url: str
+) -> None:
+    """Events of a broadcast not recorded yet wait in an `apply_events` job; one from the
+    urgent feed carries the flag, so that what it finds busy later goes back there."""
+    settings, _ = await _stored(database_url, redis_url, 0)
+    engine = make_async_engine(database_url)
+    async with engine.begin() as conn:
+        ids = await store.insert_events(conn, [_event(i, timedelta(0)) for i in range(2)])
+    await engine.dispose()
+    redis = await create_pool(RedisSettings.from_dsn(redis_url))
+    await redis.rpush(feed_key(settings.queue_name, urgent=True), json.dumps(ids))
+    deps = await build_deps(settings, redis)
+    feed = ApplyFeed(deps, redis, concurrency=1, urgent=True)
+    feed.start()
+    try:
+        for _ in range(200):
+            jobs = await redis.queued_jobs(queue_name=settings.queue_name)
+            if jobs:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await feed.close()
+        await close_deps(deps)
+        await redis.aclose()
+    assert [(job.function, job.args) for job in jobs] == [("apply_events", (ids, True))]

@@ -9,9 +9,11 @@ recipient and the DNC list must end the same, and be right.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,8 +38,10 @@ from campaigns.models import (
     WebhookEvent,
 )
 from campaigns.store import events as store
+from campaigns.webhooks import feed_key
 from tests.integration.factories import campaign_toml, create_campaign, make_list, us_numbers
-from workers.context import build_deps, close_deps
+from workers import event_jobs
+from workers.context import Deps, build_deps, close_deps
 from workers.event_jobs import sweep_events
 
 POLL = """
@@ -76,21 +80,36 @@ class World:
     settle_later: set[int] = field(default_factory=set)
     results: list[ApplyResult] = field(default_factory=list)
 
-    async def deliver(self, events: list[dict[str, Any]], *, now: datetime = NOW) -> ApplyResult:
-        """Store events as the ingester does, then apply them as one job would."""
+    async def store(self, events: list[dict[str, Any]], *, now: datetime = NOW) -> list[int]:
+        """Store events as the ingester does; their ids."""
         async with self.engine.begin() as conn:
-            ids = await store.insert_events(
+            return await store.insert_events(
                 conn,
                 [
                     store.NewEvent(dedupe_key(e), e.get("voice_id"), e.get("broadcast_id"), e, now)
                     for e in events
                 ],
             )
+
+    async def deliver(self, events: list[dict[str, Any]], *, now: datetime = NOW) -> ApplyResult:
+        """Store events as the ingester does, then apply them as one job would."""
+        ids = await self.store(events, now=now)
         async with self.sessions() as session, session.begin():
             result = await apply_events(session, ids, now=now, config=CONFIG)
         self.settle_later.update(result.settle_later)
         self.results.append(result)
         return result
+
+    @asynccontextmanager
+    async def holding(self, phone: str) -> AsyncIterator[None]:
+        """Another transaction holds the call's attempt row (a row lock on PostgreSQL)."""
+        async with self.sessions() as holder, holder.begin():
+            await holder.execute(
+                select(CallAttempt.id)
+                .where(CallAttempt.id == self.attempts[phone])
+                .with_for_update()
+            )
+            yield
 
     async def settle_after_grace(self) -> None:
         async with self.sessions() as session, session.begin():
@@ -133,6 +152,23 @@ class World:
             "recipient": (recipient.status, recipient.last_outcome, recipient.final_outcome),
             "dnc": list(dnc),
         }
+
+
+@asynccontextmanager
+async def worker_deps(database_url: str, redis_url: str) -> AsyncIterator[Deps]:
+    """A worker's dependencies (on a queue of its own), with the clock at NOW."""
+    settings = Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        queue_name=f"test-apply-{uuid.uuid4().hex[:8]}",
+    )
+    redis = await create_pool(RedisSettings.from_dsn(redis_url))
+    deps = await build_deps(settings, redis, clock=lambda: NOW)
+    try:
+        yield deps
+    finally:
+        await close_deps(deps)
+        await redis.aclose()
 
 
 @pytest.fixture
@@ -429,19 +465,25 @@ async def test_in_order_the_ivr_commands_follow_the_script(
     assert texts[1] == "Sorry. Press 1 for good, 2 for bad."
 
 
-async def test_a_call_held_by_another_transaction_is_left_for_later_not_waited_for(
+async def _connected_call(
     world_factory: Callable[..., Any],
-) -> None:
+) -> tuple[World, str, list[dict[str, Any]]]:
+    """A call whose first two events (up to connected) are applied, and its whole script;
+    PostgreSQL only (these tests hold its row lock)."""
     phone = us_numbers(1)[0]
     world: World = await world_factory([phone])
     if world.engine.dialect.name != "postgresql":
         pytest.skip("SQLite: one writer holds the whole database, there are no row locks")
     events = completed(phone).events
     await world.deliver(events[:2])
-    async with world.sessions() as holder, holder.begin():
-        await holder.execute(
-            select(CallAttempt.id).where(CallAttempt.id == world.attempts[phone]).with_for_update()
-        )
+    return world, phone, events
+
+
+async def test_a_call_held_by_another_transaction_is_left_for_later_not_waited_for(
+    world_factory: Callable[..., Any],
+) -> None:
+    world, phone, events = await _connected_call(world_factory)
+    async with world.holding(phone):
         held = await asyncio.wait_for(world.deliver(events[2:3]), timeout=10)
         assert held.applied == 0
         assert len(held.busy) == 1
@@ -449,6 +491,33 @@ async def test_a_call_held_by_another_transaction_is_left_for_later_not_waited_f
         again = await apply_events(session, held.busy, now=NOW, config=CONFIG)
     assert (again.applied, again.busy) == (1, [])
     assert (await world.snapshot(phone))["attempt"]["state"] == "connected"
+
+
+@pytest.mark.parametrize("urgent", [True, False])
+async def test_an_apply_job_puts_busy_events_back_on_the_feed_they_came_from(
+    world_factory: Callable[..., Any], database_url: str, redis_url: str, urgent: bool
+) -> None:
+    """A group the feed handed to an `apply_events` job (a database error, an early event)
+    keeps its urgency: events whose call is held go back on the urgent feed when they came
+    from it, not behind the ordinary feed's backlog."""
+    world, phone, events = await _connected_call(world_factory)
+    ids = await world.store(events[2:3])
+    async with worker_deps(database_url, redis_url) as deps:
+        async with world.holding(phone):
+            status = await asyncio.wait_for(
+                event_jobs.apply_events({"deps": deps, "job_try": 1}, ids, urgent), timeout=10
+            )
+        on_feed = {
+            kind: [
+                json.loads(item)
+                for item in await deps.redis.lrange(
+                    feed_key(deps.settings.queue_name, urgent=kind), 0, -1
+                )
+            ]
+            for kind in (True, False)
+        }
+    assert status.startswith("applied 0")
+    assert on_feed == {urgent: [ids], not urgent: []}
 
 
 async def test_an_overlong_disconnect_reason_is_cut_and_fails_nothing_else(
@@ -594,26 +663,9 @@ async def test_the_sweeper_applies_events_stored_but_never_applied(
     phone = us_numbers(1)[0]
     world: World = await world_factory([phone])
     script = completed(phone)
-    async with world.engine.begin() as conn:  # stored, then the worker "crashed"
-        await store.insert_events(
-            conn,
-            [
-                store.NewEvent(dedupe_key(e), e["voice_id"], e["broadcast_id"], e, T0)
-                for e in script.events
-            ],
-        )
-    settings = Settings(
-        database_url=database_url,
-        redis_url=redis_url,
-        queue_name=f"test-apply-{uuid.uuid4().hex[:8]}",
-    )
-    redis = await create_pool(RedisSettings.from_dsn(redis_url))
-    deps = await build_deps(settings, redis, clock=lambda: NOW)
-    try:
+    await world.store(script.events, now=T0)  # stored, then the worker "crashed"
+    async with worker_deps(database_url, redis_url) as deps:
         status = await sweep_events({"deps": deps})
-    finally:
-        await close_deps(deps)
-        await redis.aclose()
     assert status.startswith(f"re-applied {len(script.events)}")
     snap = await world.snapshot(phone)
     assert snap["settled"]
