@@ -24,6 +24,7 @@ import csv
 import io
 import os
 import re
+import select
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,7 +33,9 @@ from dataclasses import dataclass
 from typing import IO, Any, BinaryIO, Literal, cast
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
+from psycopg.abc import Buffer
+from psycopg.pq.abc import PGconn
 from sqlalchemy import Connection, Engine, Select
 from sqlalchemy.engine import Dialect
 
@@ -276,13 +279,56 @@ def _copy(
         # The server sends a message per row: gathered into blocks, the output is written
         # (and the progress counted) once per block, not once per row.
         block = bytearray()
-        for row in copy:
+        for row in _copy_rows(copy, cursor.connection):
             block += row
             if len(block) >= COPY_BLOCK_BYTES:
                 yield block
                 block = bytearray()
         if block:
             yield block
+
+
+def _copy_rows(copy: psycopg.Copy, connection: psycopg.Connection[Any]) -> Iterator[Buffer]:
+    """The rows of a COPY TO as the server sends them, like iterating over `copy` but at a
+    third of the client's CPU (0.4 s instead of 1.0 s per million rows here): rows libpq
+    already holds are taken straight from it; only when it holds none does psycopg wait for
+    the next (without the GIL, so that parallel streams go on). At the end of the data the
+    COPY's final result is read here (psycopg would ask libpq for more data and fail), and
+    an error the server reported instead of the rest of the rows is raised as psycopg would
+    raise it."""
+    pgconn = connection.pgconn
+    while True:
+        nbytes, data = pgconn.get_copy_data(1)
+        if nbytes > 0:
+            yield data
+        elif nbytes == 0:  # nothing received yet
+            waited = copy.read()
+            if not waited:
+                return
+            yield waited
+        elif nbytes == -1:  # the end of the data: then the COPY's own result(s)
+            _finish_copy_out(pgconn, connection.info.encoding)
+            return
+        else:
+            raise psycopg.OperationalError(
+                f"reading COPY data failed: {pgconn.get_error_message()}"
+            )
+
+
+def _finish_copy_out(pgconn: PGconn, encoding: str) -> None:
+    """Read the results that follow a COPY TO's data; raise the first failed one."""
+    failed: psycopg.Error | None = None
+    while True:
+        while pgconn.is_busy():
+            select.select([pgconn.socket], [], [])
+            pgconn.consume_input()
+        result = pgconn.get_result()
+        if result is None:
+            break
+        if result.status != pq.ExecStatus.COMMAND_OK and failed is None:
+            failed = psycopg.errors.error_from_result(result, encoding=encoding)
+    if failed is not None:
+        raise failed
 
 
 @contextmanager

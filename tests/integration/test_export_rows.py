@@ -10,11 +10,15 @@ import csv
 import io
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, cast
 
+import psycopg
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import insert, select, update
+from sqlalchemy import Select, insert, literal_column, select, text, update
+from sqlalchemy.engine import Dialect, make_url
 
+from campaigns import export
 from campaigns.cli import main
 from campaigns.db import make_engine
 from campaigns.export import plan_export, write_export
@@ -275,3 +279,61 @@ def test_the_attributes_an_import_records_give_the_export_it_would_read(
     one_import = len(IMPORTS[case]) == 1 or case == "a re-import that adds nothing"
     assert (keys is not None) == one_import, keys
     assert export_rows(database_url, campaign_id, tmp_path) == recorded
+
+
+def _copy_bytes(database_url: str, statement: Select[Any], *, psycopg_own: bool) -> bytes:
+    """The CSV of `statement` as the export reads a COPY, or as psycopg's own iteration
+    over the same COPY reads it."""
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            driver = cast(psycopg.Connection[Any], conn.connection.dbapi_connection)
+            with driver.cursor() as cursor:
+                if not psycopg_own:
+                    return b"".join(export._copy(cursor, conn.dialect, statement))
+                compiled = statement.compile(dialect=conn.dialect)
+                query = f"COPY ({compiled}) TO STDOUT WITH (FORMAT csv)"
+                with cursor.copy(query, compiled.params) as copy:
+                    return b"".join(bytes(row) for row in copy)
+    finally:
+        engine.dispose()
+
+
+def _series(rows: int, value: str) -> Select[Any]:
+    return select(literal_column(value)).select_from(text(f"generate_series(1, {rows}) AS g"))
+
+
+def test_the_exports_copy_reader_reads_what_psycopg_reads(database_url: str) -> None:
+    """The export reads COPY rows from libpq itself (`export._copy_rows`): every byte of a
+    COPY larger than any buffer, as psycopg's own iteration gets it."""
+    if make_url(database_url).get_backend_name() != "postgresql":
+        pytest.skip("COPY is PostgreSQL's")
+    statement = _series(300_000, "g, repeat('é,\"', mod(g, 7)), g * 1.5")
+    ours = _copy_bytes(database_url, statement, psycopg_own=False)
+    assert ours.count(b"\n") == 300_000
+    assert ours == _copy_bytes(database_url, statement, psycopg_own=True)
+
+
+def test_an_error_in_the_middle_of_a_copy_is_raised_and_the_connection_goes_on(
+    database_url: str,
+) -> None:
+    if make_url(database_url).get_backend_name() != "postgresql":
+        pytest.skip("COPY is PostgreSQL's")
+    engine = make_engine(database_url)
+    rows = 0
+
+    def read(cursor: psycopg.Cursor[Any], dialect: Dialect) -> None:
+        nonlocal rows
+        for block in export._copy(cursor, dialect, _series(200_000, "1 / (150000 - g)")):
+            rows += block.count(b"\n")
+
+    try:
+        with engine.connect() as conn:
+            driver = cast(psycopg.Connection[Any], conn.connection.dbapi_connection)
+            with driver.cursor() as cursor, pytest.raises(psycopg.errors.DivisionByZero):
+                read(cursor, conn.dialect)
+            assert 0 < rows < 150_000
+            driver.rollback()
+            assert driver.execute("SELECT 42").fetchone() == (42,)
+    finally:
+        engine.dispose()
