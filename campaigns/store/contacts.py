@@ -28,13 +28,14 @@ STAGE = "import_stage"
 STAGE_COLUMNS = ("phone", "name", "attributes", "region", "time_zones", "source_row")
 DNC_IN_MEMORY = 1_000_000  # a larger DNC list is matched in SQL (staged import)
 COPY_QUEUE = 3  # tables waiting for the COPY writer thread
-# A direct COPY sends the rows in blocks of this many, each sorted by phone, so that the
-# unique (list_id, phone) index takes them in key order: the server's COPY of 1M rows in
-# file order took 4.8-5.2 s, sorted in blocks of 25,000 3.8-4.2 s, of 100,000 3.5-3.7 s
-# (psql on this machine). The ids stay in the file's order (reserved before the sort), so
-# a campaign still calls the contacts in that order; only their place on disk changes
-# (nothing reads contacts in bulk by id since recipients carry their own copy).
-SORTED_BLOCK_ROWS = 100_000
+# A direct COPY sends each block of rows the importer hands over (20,000-25,000 rows: a
+# columnar chunk) sorted by phone, so that the unique (list_id, phone) index takes them in
+# key order: the server's COPY of 1M rows in file order took 4.8-5.2 s, sorted in blocks of
+# 25,000 3.8-4.2 s (psql on this machine; blocks of 100,000: 3.5-3.7 s, but holding rows
+# back for them stalled the pipeline: a 100k-row workbook was COPY'd only at the end). The
+# ids stay in the file's order (reserved before the sort), so a campaign still calls the
+# contacts in that order; only their place on disk changes (nothing reads contacts in bulk
+# by id since recipients carry their own copy).
 
 
 def _is_postgres(conn: Connection) -> bool:
@@ -94,8 +95,6 @@ class Staging:
         self.suppressed = 0
         self.dnc: pa.Array | None = None
         self.stream: _CopyStream | None = None
-        self.pending: list[pa.Table] = []  # direct: rows waiting for a sorted block
-        self.pending_rows = 0
         self.id_source: PoolProxiedConnection | None = None
         self.direct = self.postgres and self._can_copy_directly()
         if not self.direct:
@@ -142,10 +141,7 @@ class Staging:
                 listed = pc.is_in(rows.column("phone"), value_set=self.dnc)
                 self.suppressed += pc.sum(listed).as_py() or 0
                 rows = rows.filter(pc.invert(listed))
-            self.pending.append(rows)
-            self.pending_rows += rows.num_rows
-            if self.pending_rows >= SORTED_BLOCK_ROWS:
-                self._send_sorted_block()
+            self._send_sorted(rows)
             return
         if self.postgres:
             self._stream().put(rows)
@@ -167,15 +163,12 @@ class Staging:
             self.stream = _CopyStream(self.conn, f"COPY {target} FROM STDIN (FORMAT csv)")
         return self.stream
 
-    def _send_sorted_block(self) -> None:
-        """The pending rows, with their ids (in file order) and list id, sorted by phone,
-        to the COPY (see SORTED_BLOCK_ROWS)."""
-        if not self.pending_rows:
-            self.pending = []
-            return
-        rows = pa.concat_tables(self.pending)
-        self.pending, self.pending_rows = [], 0
+    def _send_sorted(self, rows: pa.Table) -> None:
+        """The rows, with their ids (in file order) and list id, sorted by phone, to the
+        COPY (see the note on the direct COPY at the top)."""
         count = rows.num_rows
+        if not count:
+            return
         rows = rows.add_column(0, "list_id", pa.repeat(self.list_id, count))
         rows = rows.add_column(0, "id", self._reserve_ids(count))
         self._stream().put(rows.take(pc.sort_indices(rows, [("phone", "ascending")])))
@@ -196,7 +189,11 @@ class Staging:
             row = cursor.fetchone()
         finally:
             cursor.close()
-        self.id_source.commit()
+        # Rolled back, not committed: sequence values are taken for good either way, and a
+        # commit would wait for its WAL to reach the disk (60-80 ms a call here). The
+        # sequence's advance becomes durable with the import's own commit, which flushes
+        # the WAL written before it.
+        self.id_source.rollback()
         ids = sorted(row[0]) if row is not None else []
         if len(ids) != count:
             raise RuntimeError(f"reserved {len(ids)} contact ids, wanted {count}")
@@ -209,8 +206,6 @@ class Staging:
 
     def _end_copy(self) -> int:
         """Close the COPY (if one is open); the number of rows it wrote."""
-        if self.direct:
-            self._send_sorted_block()
         if self.stream is None:
             return 0
         stream, self.stream = self.stream, None
@@ -218,7 +213,6 @@ class Staging:
 
     def reset(self) -> None:
         """Undo every `add` so far (the import starts its reading again)."""
-        self.pending, self.pending_rows = [], 0
         self._end_copy()
         if self.direct:
             self.conn.execute(delete(Contact).where(Contact.list_id == self.list_id))
@@ -229,7 +223,6 @@ class Staging:
     def close(self) -> None:
         """After an error: stop a COPY still running (its transaction is then failed).
         Also the end of every import: the connection that reserved ids goes back."""
-        self.pending, self.pending_rows = [], 0
         self._release_id_source()
         if self.stream is not None:
             stream, self.stream = self.stream, None
