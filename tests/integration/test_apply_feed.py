@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import timedelta
 
-from arq.connections import RedisSettings, create_pool
+from arq.connections import ArqRedis, RedisSettings, create_pool
 from sqlalchemy import func, select
 
 from campaigns.config import Settings
@@ -57,6 +59,21 @@ async def _stored(database_url: str, redis_url: str, count: int) -> tuple[Settin
     return settings, ids
 
 
+@asynccontextmanager
+async def running_feed(
+    settings: Settings, redis: ArqRedis, *, urgent: bool = False
+) -> AsyncIterator[tuple[ApplyFeed, Deps]]:
+    """A worker's apply feed (one slot) on `settings`' queue, running for the block."""
+    deps = await build_deps(settings, redis)
+    feed = ApplyFeed(deps, redis, concurrency=1, urgent=urgent)
+    feed.start()
+    try:
+        yield feed, deps
+    finally:
+        await feed.close()
+        await close_deps(deps)
+
+
 async def _handled(deps: Deps, ids: list[int]) -> int:
     """How many of the events `ids` were applied (quarantined: their broadcast is unknown)."""
     async with deps.sessions() as session:
@@ -77,17 +94,11 @@ async def test_waiting_groups_are_merged_into_one_apply_and_none_is_lost(
     for start in range(0, 10, 2):
         await redis.rpush(key, json.dumps(small[start : start + 2]))
     await redis.rpush(key, json.dumps(big))
-    deps = await build_deps(settings, redis)
-    feed = ApplyFeed(deps, redis, concurrency=1)
-    feed.start()
-    try:
+    async with running_feed(settings, redis) as (feed, deps):
         for _ in range(200):
             if feed.applies >= 2 and not await redis.llen(key):
                 break
             await asyncio.sleep(0.05)
-    finally:
-        await feed.close()
-        await close_deps(deps)
     assert await _handled(deps, ids) == len(ids)  # every event taken and handled, none left
     assert feed.applies == 2  # the five small groups in one apply, the big one alone
     assert await redis.llen(key) == 0
@@ -124,19 +135,15 @@ async def test_a_malformed_feed_entry_does_not_stop_the_feed(
     redis = await create_pool(RedisSettings.from_dsn(redis_url))
     key = feed_key(settings.queue_name)
     await redis.rpush(key, b"not json at all")
-    deps = await build_deps(settings, redis)
-    feed = ApplyFeed(deps, redis, concurrency=1)
-    feed.start()
     try:
-        await asyncio.sleep(0.2)
-        await redis.rpush(key, json.dumps(ids))  # after the bad entry was popped
-        for _ in range(100):
-            if feed.applies >= 1:
-                break
-            await asyncio.sleep(0.05)
+        async with running_feed(settings, redis) as (feed, _):
+            await asyncio.sleep(0.2)
+            await redis.rpush(key, json.dumps(ids))  # after the bad entry was popped
+            for _ in range(100):
+                if feed.applies >= 1:
+                    break
+                await asyncio.sleep(0.05)
     finally:
-        await feed.close()
-        await close_deps(deps)
         await redis.aclose()
     assert feed.applies == 1
     assert feed.applied == 0  # quarantined (never submitted), handled all the same
@@ -187,17 +194,13 @@ async def test_a_waiting_urgent_group_is_handed_to_a_job_that_keeps_its_urgency(
     await engine.dispose()
     redis = await create_pool(RedisSettings.from_dsn(redis_url))
     await redis.rpush(feed_key(settings.queue_name, urgent=True), json.dumps(ids))
-    deps = await build_deps(settings, redis)
-    feed = ApplyFeed(deps, redis, concurrency=1, urgent=True)
-    feed.start()
     try:
-        for _ in range(200):
-            jobs = await redis.queued_jobs(queue_name=settings.queue_name)
-            if jobs:
-                break
-            await asyncio.sleep(0.05)
+        async with running_feed(settings, redis, urgent=True):
+            for _ in range(200):
+                jobs = await redis.queued_jobs(queue_name=settings.queue_name)
+                if jobs:
+                    break
+                await asyncio.sleep(0.05)
     finally:
-        await feed.close()
-        await close_deps(deps)
         await redis.aclose()
     assert [(job.function, job.args) for job in jobs] == [("apply_events", (ids, True))]
