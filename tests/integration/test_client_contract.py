@@ -223,6 +223,11 @@ async def test_5xx_before_acting_is_transient_after_acting_is_outcome_unknown(
 
 async def test_slow_answers_time_out(http: httpx.AsyncClient) -> None:
     async with start_simulator(speed=1, **LIVE) as sim:  # type: ignore[arg-type]
+        # Open the pooled connection first, with a patient client: the 0.2 s timeout below
+        # must expire while waiting for an answer, not while a busy machine accepts the
+        # connection (a connect timeout proves nothing was sent: a different error).
+        with pytest.raises(EnablexRejection):
+            await client_for(http, sim).hangup("unknown-broadcast", "unknown-voice")
         sim.set_faults(api_latency=1.0)
         client = client_for(http, sim, timeout=0.2)
         with pytest.raises(OutcomeUnknownError):
