@@ -148,7 +148,9 @@ async def test_a_late_answer_is_a_read_timeout_and_a_closed_port_a_connect_error
         writer.close()
 
     async for base in _serve(handler):
-        async with httpx.AsyncClient(transport=KeepAliveTransport(), timeout=0.2) as client:
+        # A patient connect: on a busy machine 0.2 s can pass before the connect is done.
+        late = httpx.Timeout(0.2, connect=10)
+        async with httpx.AsyncClient(transport=KeepAliveTransport(), timeout=late) as client:
             with pytest.raises(httpx.ReadTimeout):
                 await client.put(f"{base}/x", content=b"{}")
     async with httpx.AsyncClient(transport=KeepAliveTransport(), timeout=1) as client:
