@@ -16,10 +16,11 @@ from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from campaigns.config import Settings
-from campaigns.db import async_session_factory, make_async_engine
+from campaigns.db import async_session_factory, is_sqlite, make_async_engine
 from campaigns.enablex.client import EnablexClient
 from campaigns.enablex.transport import KeepAliveTransport
 from campaigns.models import utcnow
+from workers.apply_gate import ApplyGate
 
 # Connections to EnableX per worker process; requests beyond wait in the client.
 HTTP_CONNECTIONS = 20
@@ -36,6 +37,8 @@ class Deps:
     # The clock every decision reads: tests inject one to check calling windows.
     clock: Callable[[], datetime] = field(default=utcnow)
     command_http: httpx.AsyncClient | None = None
+    # SQLite (one writer): apply transactions one at a time, urgent first. None elsewhere.
+    apply_gate: ApplyGate | None = None
 
 
 async def build_deps(
@@ -69,6 +72,7 @@ async def build_deps(
         enablex,
         clock,
         command_http=command_http,
+        apply_gate=ApplyGate() if is_sqlite(settings.database_url) else None,
     )
 
 

@@ -12,9 +12,10 @@ to `APPLY_CONCURRENCY` groups at a time (groups already waiting are merged, up t
 round trip between the ingester's commit and the apply, which is what an IVR turn waits
 for. The events a live call's next prompt may wait on (`campaigns.webhooks.is_urgent`)
 come on a feed of their own, with slots of their own (`URGENT_CONCURRENCY`): a backlog of
-other events never stands between a person's answer and the next question. Events whose
-call another transaction holds are skipped, not waited for, and pushed back on the feed
-they came from a moment later. Groups that must wait (events of a broadcast not recorded
+other events never stands between a person's answer and the next question (on SQLite,
+which has one writer, the applies of a worker take turns, urgent ones first:
+`workers.apply_gate`). Events whose call another transaction holds are skipped, not
+waited for, and pushed back on the feed they came from a moment later. Groups that must wait (events of a broadcast not recorded
 yet) or hit a database error go on as `apply_events` arq jobs with backoff, which keep
 the group's urgency. The cron `sweep_events` re-applies what was stored but never applied
 (a crash between the commit and the push, a lost Redis, a worker killed mid-apply) and
@@ -68,16 +69,24 @@ def apply_config(settings: Settings) -> applying.ApplyConfig:
     )
 
 
-async def _apply(deps: Deps, event_ids: list[int]) -> applying.ApplyResult:
-    result = await _apply_in_db(deps, event_ids)
+async def _apply(deps: Deps, event_ids: list[int], *, urgent: bool = False) -> applying.ApplyResult:
+    result = await _apply_in_db(deps, event_ids, urgent=urgent)
     await _follow_up(deps, result)
     return result
 
 
-async def _apply_in_db(deps: Deps, event_ids: list[int]) -> applying.ApplyResult:
-    """Apply the events in one transaction, committed on return."""
+async def _apply_in_db(
+    deps: Deps, event_ids: list[int], *, urgent: bool = False
+) -> applying.ApplyResult:
+    """Apply the events in one transaction, committed on return (on SQLite, one such
+    transaction at a time in this process, urgent groups first: `workers.apply_gate`)."""
     config = apply_config(deps.settings)
-    async with deps.sessions() as session, session.begin():
+    gate = deps.apply_gate
+    async with (
+        gate.hold(urgent=urgent) if gate is not None else contextlib.nullcontext(),
+        deps.sessions() as session,
+        session.begin(),
+    ):
         return await applying.apply_events(session, event_ids, now=deps.clock(), config=config)
 
 
@@ -113,7 +122,7 @@ async def apply_events(ctx: dict[str, Any], event_ids: list[int], urgent: bool =
     deps = deps_of(ctx)
     tries = int(ctx.get("job_try", 1))
     try:
-        result = await _apply(deps, event_ids)
+        result = await _apply(deps, event_ids, urgent=urgent)
     except OperationalError as exc:  # a deadlock or a lost connection: run again
         log.warning("applying events failed (%s): retrying", exc.__class__.__name__)
         raise Retry(defer=timedelta(seconds=min(5.0, 0.1 * 2**tries))) from exc
@@ -312,7 +321,7 @@ class ApplyFeed:
         # thousands of others until the person hung up (bench/ingest_bench.py).
         try:
             try:
-                result = await _apply_in_db(self.deps, ids)
+                result = await _apply_in_db(self.deps, ids, urgent=self.urgent)
             except SQLAlchemyError as exc:  # a deadlock or a lost connection: a job retries
                 log.warning("applying events failed (%s): handed to a job", exc.__class__.__name__)
                 await self._enqueue(ids, 0.1)
