@@ -36,7 +36,7 @@ class Deps:
     enablex: EnablexClient
     # The clock every decision reads: tests inject one to check calling windows.
     clock: Callable[[], datetime] = field(default=utcnow)
-    command_http: httpx.AsyncClient | None = None
+    command_transport: KeepAliveTransport | None = None
     # SQLite (one writer): apply transactions one at a time, urgent first. None elsewhere.
     apply_gate: ApplyGate | None = None
 
@@ -49,11 +49,8 @@ async def build_deps(
         timeout=settings.enablex_timeout,
         limits=httpx.Limits(max_connections=HTTP_CONNECTIONS, max_keepalive_connections=20),
     )
-    # IVR commands: many small requests, on the lean keep-alive transport.
-    command_http = httpx.AsyncClient(
-        timeout=settings.enablex_timeout,
-        transport=KeepAliveTransport(max_connections=HTTP_CONNECTIONS),
-    )
+    # IVR commands: many small requests, sent on the lean keep-alive transport directly.
+    command_transport = KeepAliveTransport(max_connections=HTTP_CONNECTIONS)
     enablex = EnablexClient(
         http,
         base_url=settings.enablex_base_url,
@@ -61,7 +58,7 @@ async def build_deps(
         app_key=settings.enablex_app_key,
         timeout=settings.enablex_timeout,
         max_in_flight=HTTP_CONNECTIONS,
-        command_http=command_http,
+        command_transport=command_transport,
     )
     return Deps(
         settings,
@@ -71,15 +68,15 @@ async def build_deps(
         http,
         enablex,
         clock,
-        command_http=command_http,
+        command_transport=command_transport,
         apply_gate=ApplyGate() if is_sqlite(settings.database_url) else None,
     )
 
 
 async def close_deps(deps: Deps) -> None:
     await deps.http.aclose()
-    if deps.command_http is not None:
-        await deps.command_http.aclose()
+    if deps.command_transport is not None:
+        await deps.command_transport.aclose()
     await deps.engine.dispose()
 
 

@@ -23,6 +23,10 @@ import asyncio
 import contextlib
 import ssl
 from collections import defaultdict
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import NamedTuple
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -52,6 +56,31 @@ class _Stale(Exception):
     """A reused connection gave no answer at all: the server had closed it."""
 
 
+class Answer(NamedTuple):
+    """An answer read by `KeepAliveTransport.exchange`: what the EnableX client reads of
+    an httpx response, and no more."""
+
+    status_code: int
+    raw_headers: list[tuple[bytes, bytes]]
+    content: bytes
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Header names in lower case (the last of repeated ones)."""
+        return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.raw_headers}
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    @property
+    def reason_phrase(self) -> str:
+        try:
+            return HTTPStatus(self.status_code).phrase
+        except ValueError:
+            return ""
+
+
 class KeepAliveTransport(httpx.AsyncBaseTransport):
     """HTTP/1.1 on asyncio streams, at most `max_connections` open at once."""
 
@@ -72,28 +101,73 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
         port = url.port or (443 if url.scheme == "https" else 80)
         key = (url.scheme, url.host, port)
         timeouts = request.extensions.get("timeout", {})
+        status, headers, content = await self._perform(
+            request.method, key, _head(request, port), request.content, timeouts, request
+        )
+        return httpx.Response(
+            status, headers=headers, content=content, request=request, extensions={}
+        )
+
+    async def exchange(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        content: bytes | None = None,
+        *,
+        limit: float | None = None,
+    ) -> Answer:
+        """One request and its answer without httpx's request and response objects, on
+        the same pool (the EnableX client's IVR commands: building those objects costs
+        several times the exchange itself). `url` is absolute with its path already
+        percent-encoded; `limit` (seconds) applies to each phase (pool, connect, write, read).
+        Raises httpx's errors, as `handle_async_request` does (with no request attached)."""
+        if self._closed:
+            raise httpx.ConnectError("transport closed")
+        parts = urlsplit(url)
+        scheme = parts.scheme
+        if scheme not in ("http", "https"):
+            raise httpx.UnsupportedProtocol(f"unsupported scheme {scheme!r}")
+        host = parts.hostname or ""
+        port = parts.port or (443 if scheme == "https" else 80)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        head = _raw_head(method, target, _host_header(scheme, host, port), headers, content)
+        timeouts = dict.fromkeys(("connect", "read", "write", "pool"), limit)
+        status, raw, body = await self._perform(
+            method, (scheme, host, port), head, content or b"", timeouts, None
+        )
+        return Answer(status, raw, body)
+
+    async def _perform(
+        self,
+        method: str,
+        key: tuple[str, str, int],
+        head: bytes,
+        body: bytes,
+        timeouts: Mapping[str, float | None],
+        request: httpx.Request | None,
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Send one request on a pooled (or new) connection: (status, headers, body)."""
         try:
             async with asyncio.timeout(timeouts.get("pool")):
                 await self._slots.acquire()
         except TimeoutError as exc:
             raise httpx.PoolTimeout("no connection free in time", request=request) from exc
         try:
-            head = _head(request, port)
-            body = request.content
             conn = self._take(key)
             if conn is not None:
                 try:
-                    return await self._exchange(conn, key, request, head, body, timeouts)
+                    return await self._exchange(conn, key, method, head, body, timeouts, request)
                 except _Stale as exc:
                     # The pooled connection was closed by the server: the request may or
                     # may not have reached it. Sent again only when that is harmless.
-                    if request.method not in _IDEMPOTENT:
+                    if method not in _IDEMPOTENT:
                         raise httpx.RemoteProtocolError(
                             "connection closed without an answer", request=request
                         ) from exc
             conn = await self._connect(key, request, timeouts.get("connect"))
             try:
-                return await self._exchange(conn, key, request, head, body, timeouts)
+                return await self._exchange(conn, key, method, head, body, timeouts, request)
             except _Stale as exc:
                 raise httpx.RemoteProtocolError(
                     "server closed the connection without answering", request=request
@@ -111,7 +185,7 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
         return None
 
     async def _connect(
-        self, key: tuple[str, str, int], request: httpx.Request, limit: float | None
+        self, key: tuple[str, str, int], request: httpx.Request | None, limit: float | None
     ) -> _Connection:
         scheme, host, port = key
         context: ssl.SSLContext | None = None
@@ -136,11 +210,12 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
         self,
         conn: _Connection,
         key: tuple[str, str, int],
-        request: httpx.Request,
+        method: str,
         head: bytes,
         body: bytes,
-        timeouts: dict[str, float | None],
-    ) -> httpx.Response:
+        timeouts: Mapping[str, float | None],
+        request: httpx.Request | None,
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """Send the request and read the answer; a stale connection raises _Stale."""
         try:
             conn.writer.write(head + body)
@@ -157,7 +232,7 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
             raise
         try:
             async with asyncio.timeout(timeouts.get("read")):
-                status, headers, content, keep = await _read_response(conn.reader, request.method)
+                status, headers, content, keep = await _read_response(conn.reader, method)
         except TimeoutError as exc:
             conn.close()
             raise httpx.ReadTimeout("reading the answer timed out", request=request) from exc
@@ -174,9 +249,7 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
             self._idle[key].append(conn)
         else:
             conn.close()
-        return httpx.Response(
-            status, headers=headers, content=content, request=request, extensions={}
-        )
+        return status, headers, content
 
     async def aclose(self) -> None:
         self._closed = True
@@ -197,6 +270,24 @@ def _head(request: httpx.Request, port: int) -> bytes:
     lines += [f"{k}: {v}" for k, v in request.headers.multi_items()]
     if "content-length" not in names and request.method not in ("GET", "HEAD", "DELETE"):
         lines.append(f"Content-Length: {len(request.content)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _host_header(scheme: str, host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return shown if port == (443 if scheme == "https" else 80) else f"{shown}:{port}"
+
+
+def _raw_head(
+    method: str, target: str, host: str, headers: Mapping[str, str], content: bytes | None
+) -> bytes:
+    """The request line and headers for `exchange` (no CR or LF can slip into them)."""
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    if content is not None or method not in ("GET", "HEAD", "DELETE"):
+        lines.append(f"Content-Length: {len(content or b'')}")
+    if " " in target or any("\r" in line or "\n" in line for line in lines):
+        raise httpx.LocalProtocolError("a space in the path, or a line break in a header")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 

@@ -158,33 +158,136 @@ async def test_a_late_answer_is_a_read_timeout_and_a_closed_port_a_connect_error
             await client.put(f"http://127.0.0.1:{free_port()}/x", content=b"{}")
 
 
-async def test_the_enablex_client_sends_ivr_commands_through_it_to_the_simulator() -> None:
-    config = SimulatorConfig(app_id="app", app_key="key")
-    async with (
-        run_simulator(config) as sim,
-        httpx.AsyncClient() as http,
-        httpx.AsyncClient(transport=KeepAliveTransport()) as commands,
-    ):
-        client = EnablexClient(
-            http, base_url=sim.base_url, app_id="app", app_key="key", command_http=commands
+def _client(
+    http: httpx.AsyncClient, base: str, transport: KeepAliveTransport, lean: bool, key: str = "key"
+) -> EnablexClient:
+    """The EnableX client with its IVR commands on `transport`: directly (lean, as the
+    worker sends them) or through an httpx client."""
+    if lean:
+        return EnablexClient(
+            http, base_url=base, app_id="app", app_key=key, command_transport=transport
         )
+    commands = httpx.AsyncClient(transport=transport, timeout=1)
+    return EnablexClient(http, base_url=base, app_id="app", app_key=key, command_http=commands)
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["transport-directly", "through-httpx"])
+async def test_the_enablex_client_sends_ivr_commands_through_it_to_the_simulator(
+    lean: bool,
+) -> None:
+    config = SimulatorConfig(app_id="app", app_key="key")
+    transport = KeepAliveTransport()
+    async with run_simulator(config) as sim, httpx.AsyncClient() as http:
+        client = _client(http, sim.base_url, transport, lean)
         spec = PlaySpec(text="Hello", prompt_ref="msg")
         with pytest.raises(EnablexRejection) as gone:  # no such call: 404, as EnableX says
             await client.play("no-such-broadcast", "no-such-call", spec)
         assert gone.value.status_code == 404
-        wrong = EnablexClient(
-            http, base_url=sim.base_url, app_id="app", app_key="bad", command_http=commands
-        )
+        assert "no call with voice_id no-such-call" in str(gone.value)  # the body was read
+        wrong = _client(http, sim.base_url, transport, lean, key="bad")
         with pytest.raises(EnablexRejection) as refused:
             await wrong.hangup("no-such-broadcast", "no-such-call")
         assert refused.value.status_code == 401
-    async with httpx.AsyncClient(transport=KeepAliveTransport(), timeout=1) as commands:
-        down = EnablexClient(
-            httpx.AsyncClient(),
-            base_url=f"http://127.0.0.1:{free_port()}",
-            app_id="app",
-            app_key="key",
-            command_http=commands,
-        )
-        with pytest.raises(TransientEnablexError):
-            await down.play("b", "v", PlaySpec(text="Hello", prompt_ref="msg"))
+    down = _client(httpx.AsyncClient(), f"http://127.0.0.1:{free_port()}", transport, lean)
+    with pytest.raises(TransientEnablexError):
+        await down.play("b", "v", PlaySpec(text="Hello", prompt_ref="msg"))
+    await transport.aclose()
+
+
+def _parsed(request: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    head, _, body = request.partition(b"\r\n\r\n")
+    first, *lines = head.split(b"\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    return first, headers, body
+
+
+async def test_exchange_sends_what_the_httpx_path_sends_on_one_connection() -> None:
+    received: list[bytes] = []
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        try:
+            while True:
+                received.append(await _read_request(reader))
+                writer.write(_answer(b'{"play_id": "p-1"}', extra=b"Retry-After: 3\r\n"))
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            writer.close()
+
+    headers = {"Authorization": "Basic YXBwOmtleQ==", "Content-Type": "application/json"}
+    body = b'{"text":"Hello"}'
+    transport = KeepAliveTransport()
+    async for base in _serve(handler):
+        url = f"{base}/voice/v1/broadcast/b%2F1/call/v-1/play"
+        answer = await transport.exchange("PUT", url, headers, body, limit=5)
+        gone = await transport.exchange("DELETE", f"{base}/voice/v1/broadcast/b/call/v", headers)
+        async with httpx.AsyncClient(transport=transport) as client:
+            await client.put(url, content=body, headers=headers)
+            await client.delete(f"{base}/voice/v1/broadcast/b/call/v", headers=headers)
+    await transport.aclose()
+    assert answer.status_code == 200
+    assert answer.content == b'{"play_id": "p-1"}'
+    assert answer.headers["retry-after"] == "3"
+    assert answer.reason_phrase == "OK"
+    assert gone.status_code == 200
+    lean_put, lean_delete, httpx_put, httpx_delete = (_parsed(r) for r in received)
+    assert lean_put[0] == b"PUT /voice/v1/broadcast/b%2F1/call/v-1/play HTTP/1.1"
+    assert lean_put[2] == body
+    assert lean_delete[0] == b"DELETE /voice/v1/broadcast/b/call/v HTTP/1.1"
+    assert b"content-length" not in lean_delete[1]
+    for lean, through_httpx in ((lean_put, httpx_put), (lean_delete, httpx_delete)):
+        assert lean[0] == through_httpx[0]
+        assert lean[2] == through_httpx[2]
+        # httpx adds its own defaults (user agent, accept-encoding, connection); every
+        # header the lean path sends, httpx sends the same
+        assert {k: v for k, v in through_httpx[1].items() if k in lean[1]} == lean[1]
+    assert connections == 1
+
+
+async def test_exchange_never_sends_a_play_twice_and_times_out_reading() -> None:
+    received: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                request = await _read_request(reader)
+                received.append(request.split(b" ", 1)[0])
+                if len(received) == 2:  # acted on, then gone without answering
+                    writer.close()
+                    return
+                if len(received) == 4:  # acted on, answered too late
+                    await asyncio.sleep(2)
+                    return
+                writer.write(_answer(b"{}"))
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            writer.close()
+
+    transport = KeepAliveTransport()
+    async for base in _serve(handler):
+        await transport.exchange("PUT", f"{base}/x", {}, b"{}", limit=10)
+        with pytest.raises(httpx.RemoteProtocolError):  # not sent again behind our back
+            await transport.exchange("PUT", f"{base}/x", {}, b"{}", limit=10)
+        await transport.exchange("PUT", f"{base}/x", {}, b"{}", limit=10)  # a fresh connection
+        with pytest.raises(httpx.ReadTimeout):  # on the pooled connection: no connect
+            await transport.exchange("PUT", f"{base}/x", {}, b"{}", limit=0.2)
+    await transport.aclose()
+    assert received == [b"PUT", b"PUT", b"PUT", b"PUT"]
+
+
+async def test_exchange_refuses_line_breaks_in_headers_and_spaces_in_the_path() -> None:
+    transport = KeepAliveTransport()
+    with pytest.raises(httpx.LocalProtocolError):
+        await transport.exchange("PUT", "http://127.0.0.1:9/x", {"X-A": "1\r\nX-B: 2"}, b"{}")
+    with pytest.raises(httpx.LocalProtocolError):
+        await transport.exchange("DELETE", "http://127.0.0.1:9/a b", {})
+    with pytest.raises(httpx.UnsupportedProtocol):
+        await transport.exchange("DELETE", "ftp://127.0.0.1:9/x", {})
+    await transport.aclose()
+    with pytest.raises(httpx.ConnectError):
+        await transport.exchange("DELETE", "http://127.0.0.1:9/x", {})
