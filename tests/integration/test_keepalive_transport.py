@@ -112,24 +112,37 @@ async def test_interim_answers_are_skipped_and_a_body_may_run_to_the_close() -> 
     assert response.json() == {"playstate": "initiated"}
 
 
-async def test_a_play_is_never_sent_twice_behind_the_callers_back() -> None:
-    """A pooled connection closed after the request went out: the server may have acted on
-    it, so a PUT (a prompt played) is an error for the caller; a DELETE goes again."""
-    received: list[bytes] = []
+def _acting_server(
+    received: list[bytes], *, drop_after: tuple[int, ...] = (), late_after: tuple[int, ...] = ()
+) -> Handler:
+    """A server that records each request's method and answers it, except the n-th ones
+    it acts on and then drops without answering (`drop_after`) or answers 2 s late
+    (`late_after`)."""
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
                 request = await _read_request(reader)
                 received.append(request.split(b" ", 1)[0])
-                if len(received) in (2, 4):  # acted on, then gone without answering
+                if len(received) in drop_after:
                     writer.close()
+                    return
+                if len(received) in late_after:
+                    await asyncio.sleep(2)
                     return
                 writer.write(_answer(b"{}"))
                 await writer.drain()
         except asyncio.IncompleteReadError:
             writer.close()
 
+    return handler
+
+
+async def test_a_play_is_never_sent_twice_behind_the_callers_back() -> None:
+    """A pooled connection closed after the request went out: the server may have acted on
+    it, so a PUT (a prompt played) is an error for the caller; a DELETE goes again."""
+    received: list[bytes] = []
+    handler = _acting_server(received, drop_after=(2, 4))
     async for base in _serve(handler):
         async with httpx.AsyncClient(transport=KeepAliveTransport()) as client:
             await client.put(f"{base}/x", content=b"{}")
@@ -251,23 +264,7 @@ async def test_exchange_sends_what_the_httpx_path_sends_on_one_connection() -> N
 
 async def test_exchange_never_sends_a_play_twice_and_times_out_reading() -> None:
     received: list[bytes] = []
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                request = await _read_request(reader)
-                received.append(request.split(b" ", 1)[0])
-                if len(received) == 2:  # acted on, then gone without answering
-                    writer.close()
-                    return
-                if len(received) == 4:  # acted on, answered too late
-                    await asyncio.sleep(2)
-                    return
-                writer.write(_answer(b"{}"))
-                await writer.drain()
-        except asyncio.IncompleteReadError:
-            writer.close()
-
+    handler = _acting_server(received, drop_after=(2,), late_after=(4,))
     transport = KeepAliveTransport()
     async for base in _serve(handler):
         await transport.exchange("PUT", f"{base}/x", {}, b"{}", limit=10)
