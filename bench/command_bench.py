@@ -87,9 +87,13 @@ async def _httpx_default(base: str) -> tuple[EnablexClient, Callable[[], Awaitab
     return client, http.aclose
 
 
-async def _httpx_keepalive(base: str) -> tuple[EnablexClient, Callable[[], Awaitable[None]]]:
+async def _keepalive(
+    base: str, *, direct: bool
+) -> tuple[EnablexClient, Callable[[], Awaitable[None]]]:
+    """The commands on `KeepAliveTransport`: directly, or through an httpx client."""
     http = httpx.AsyncClient()
-    commands = httpx.AsyncClient(transport=KeepAliveTransport(max_connections=IN_FLIGHT))
+    transport = KeepAliveTransport(max_connections=IN_FLIGHT)
+    commands = None if direct else httpx.AsyncClient(transport=transport)
     client = EnablexClient(
         http,
         base_url=base,
@@ -97,32 +101,24 @@ async def _httpx_keepalive(base: str) -> tuple[EnablexClient, Callable[[], Await
         app_key="key",
         max_in_flight=IN_FLIGHT,
         command_http=commands,
+        command_transport=transport if direct else None,
     )
 
     async def close() -> None:
-        await commands.aclose()
-        await http.aclose()
-
-    return client, close
-
-
-async def _transport_direct(base: str) -> tuple[EnablexClient, Callable[[], Awaitable[None]]]:
-    http = httpx.AsyncClient()
-    transport = KeepAliveTransport(max_connections=IN_FLIGHT)
-    client = EnablexClient(
-        http,
-        base_url=base,
-        app_id="app",
-        app_key="key",
-        max_in_flight=IN_FLIGHT,
-        command_transport=transport,
-    )
-
-    async def close() -> None:
+        if commands is not None:
+            await commands.aclose()
         await transport.aclose()
         await http.aclose()
 
     return client, close
+
+
+async def _httpx_keepalive(base: str) -> tuple[EnablexClient, Callable[[], Awaitable[None]]]:
+    return await _keepalive(base, direct=False)
+
+
+async def _transport_direct(base: str) -> tuple[EnablexClient, Callable[[], Awaitable[None]]]:
+    return await _keepalive(base, direct=True)
 
 
 VARIANTS: list[tuple[str, Variant]] = [
