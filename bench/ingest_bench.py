@@ -575,10 +575,12 @@ async def contender(
         result["max"] = await go(proc, path)
         print(result["who"], "max load", json.dumps(result["max"]), flush=True)
         # ... then the worker alone applies that backlog.
-        procs += await spawn_workers(env, args.workers)
-        started = time.time()
+        appliers = await spawn_workers(env, args.workers)
+        procs += appliers
+        started, cpu_before = time.time(), process_cpu(appliers)
         result["max_apply"] = await wait_applied(url, before, args.drain)
         result["max_apply"]["worker_started"] = started
+        result["max_apply"]["worker_cpu_s"] = process_cpu(appliers) - cpu_before
         print(result["who"], "max apply", json.dumps(result["max_apply"]), flush=True)
         # 2. both at once at 2,000/s, with live IVR calls
         events = event_stream(rate_calls)
@@ -607,6 +609,16 @@ async def contender(
     finally:
         await asyncio.to_thread(stop, procs)
     return result
+
+
+def process_cpu(procs: list[subprocess.Popen[bytes]]) -> float:
+    """CPU seconds (user + system) the processes have used so far (from /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for proc in procs:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
 
 
 async def spawn_workers(env: dict[str, str], count: int) -> list[subprocess.Popen[bytes]]:
@@ -753,6 +765,13 @@ async def submit_for_real(url: str, groups: dict[str, int]) -> dict[str, list[di
 # -- report ---------------------------------------------------------------------------------
 
 
+def worker_cpu(applied: dict[str, Any]) -> str:
+    """The workers' CPU per event applied in the backlog run (IVR commands included)."""
+    if "worker_cpu_s" not in applied or not applied["applied"]:
+        return "–"
+    return f"{applied['worker_cpu_s'] / applied['applied'] * 1e6:,.0f}"
+
+
 def report(args: argparse.Namespace, results: list[dict[str, Any]], setup: dict[str, int]) -> str:
     command = "python bench/ingest_bench.py" + (" " + " ".join(args.argv) if args.argv else "")
     names = {
@@ -771,7 +790,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], setup: dict[
             m = r["max"]
             tp_rows.append(
                 f"| {names[r['who']]} | {m['ok']:,} | {m['ack_rate']:,.0f} | {m['p50_ms']:.0f} / "
-                f"{m['p99_ms']:.0f} | – | – | "
+                f"{m['p99_ms']:.0f} | – | – | – | "
                 f"{sum(v for k, v in m['statuses'].items() if k != '200')} | {m['cpu_seconds']:.1f} |"
             )
             continue
@@ -781,7 +800,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], setup: dict[
             f"{m['ack_rate']:,.0f} | {m['p50_ms']:.0f} / "
             f"{m['p99_ms']:.0f} | "
             f"{ma['applied']:,} / {ma['stored']:,}{'' if ma['complete'] else ' (drain cut off)'} | "
-            f"{apply_rate(ma):,.0f} | "
+            f"{apply_rate(ma):,.0f} | {worker_cpu(ma)} | "
             f"{sum(v for k, v in m['statuses'].items() if k != '200')} | {m['cpu_seconds']:.1f} |"
         )
         rt, ra = r["rate"], r["rate_apply"]
@@ -852,8 +871,8 @@ NOTHING + commit and one `enqueue_job("apply_events", [id])` per event; same wor
 
 ### Throughput: ingest alone ({args.max_seconds:g} s, 64 connections, closed loop), then the worker alone applies the backlog
 
-| ingester | events acked (200) | acked/s | ack p50 / p99 ms | applied / stored | applied/s (worker ready → last applied) | non-200 | load generator CPU s |
-|---|---:|---:|---:|---:|---:|---:|---:|
+| ingester | events acked (200) | acked/s | ack p50 / p99 ms | applied / stored | applied/s (worker ready → last applied) | worker CPU µs per event applied | non-200 | load generator CPU s |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|
 {chr(10).join(tp_rows)}
 
 The two halves run one after the other so that each gets the machine: the ingester with
