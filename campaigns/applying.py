@@ -33,10 +33,11 @@ contradicts the attempt's, is quarantined at once. Quarantined events are never 
 
 Cost. A group of events takes a fixed number of statements (`campaigns.store.calls`), and
 each call's fold is kept in this process (`_FOLDS`) to be extended by its next events: the
-kept fold is used only when the call's history in the database is exactly, by content,
-the events it holds, and extended only by events that happened after all of them;
-anything else folds the whole history again, so the result is always `fold_call` over the
-stored set.
+kept fold is used only when it holds exactly the events the database has applied to the
+call (the attempt row's `folded_digest`, updated in the same transaction as the events'
+applied marks, says which), and extended only by events that happened after all of them;
+anything else reads the call's history and folds it again, so the result is always
+`fold_call` over the stored set. The history is read only for those calls.
 """
 
 from __future__ import annotations
@@ -282,7 +283,7 @@ def _fold_into(
 class _Folded:
     """A call's fold over a known set of events, kept to extend with the next ones."""
 
-    events: frozenset[tuple[str, datetime]]  # (payload text, received_at): what it holds
+    digest: int  # `events_digest` of the events it holds
     defn: CampaignDefinition
     attributes: Mapping[str, Any]
     fold: CallFold
@@ -310,48 +311,91 @@ def _extend(
     return fold, frozenset(seen), keys[-1][0] if keys else base.last
 
 
-def _fold_both(
+_MASK64 = (1 << 64) - 1
+
+
+def _event_hash(event_id: int) -> int:
+    """A 63-bit hash of an event id (splitmix64's finaliser; a signed BIGINT holds it)."""
+    z = (event_id + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) >> 1
+
+
+def events_digest(event_ids: Iterable[int], start: int = 0) -> int:
+    """XOR of `_event_hash` over a set of event ids, on top of `start` (the digest of
+    another, disjoint set): what `call_attempt.folded_digest` holds for the events applied
+    to the call. Two different sets share a digest with odds of 2**-63."""
+    digest = start
+    for event_id in event_ids:
+        digest ^= _event_hash(event_id)
+    return digest
+
+
+def _kept_fold(
     defn: CampaignDefinition,
-    voice_id: str,
-    past_rows: list[calls.EventRow],
-    new_rows: list[tuple[calls.EventRow, Event]],
+    attempt: calls.AttemptRow,
+    new: list[TimedEvent],
     attributes: Mapping[str, Any],
-    amd_field: str,
-) -> tuple[CallFold, CallFold]:
-    """The call's fold before and after the new events.
-
-    Equal to `fold_call` over the history and over history + new, but cheaper: the fold
-    this process made when it last applied events of this call is reused when the call's
-    history in the database is exactly what that fold holds (checked by content), and
-    extended with the new events when they all happened after it."""
-    history = frozenset((r.payload, r.received_at) for r in past_rows)
-    new = [_timed(r, e) for r, e in new_rows]
-
-    def past() -> list[TimedEvent]:  # only when the kept fold cannot serve
-        return [_timed(r, e) for r in past_rows if (e := _parse(r.payload, amd_field)) is not None]
-
-    memo = _FOLDS.get(voice_id)
+) -> _Folded | None:
+    """The fold this process kept of the call, when it can serve: it holds exactly the
+    events the database has applied to the call (the attempt row's digest, read under
+    its lock, says which: another worker's apply, or a rolled-back one of ours, changes
+    it), and every new event happened after all of them. Else None: the call's history
+    must be read and folded again."""
+    memo = _FOLDS.get(attempt.voice_id or "")
     if (
         memo is None
-        or memo.events != history
+        or memo.digest != attempt.folded_digest
         or memo.defn is not defn
         or memo.attributes != attributes
     ):
-        memo = _Folded(history, defn, dict(attributes), *_fold_all(defn, past(), attributes))
-    before = memo.fold
-    # A new event that happened before one folded already: fold everything again.
-    extended = _extend(defn, memo, new, attributes) or _fold_all(defn, past() + new, attributes)
+        return None
+    if memo.last is not None and any(order_key(defn, e) <= memo.last for e in new):
+        return None
+    return memo
+
+
+def _fold_both(
+    defn: CampaignDefinition,
+    attempt: calls.AttemptRow,
+    kept: _Folded | None,
+    past_rows: list[calls.EventRow],
+    new_rows: list[tuple[calls.EventRow, Event]],
+    new: list[TimedEvent],
+    attributes: Mapping[str, Any],
+    amd_field: str,
+) -> tuple[CallFold, CallFold]:
+    """The call's fold before and after the new events (the attempt's digest is set to the
+    events the fold now holds).
+
+    Equal to `fold_call` over the history and over history + new, but cheaper: the fold
+    this process made when it last applied events of this call (`kept`, see `_kept_fold`)
+    is extended with the new events; only without one are `past_rows` (the call's history,
+    read then) folded."""
+    new_ids = [r.id for r, _ in new_rows]
+    past: list[TimedEvent] = []
+    if kept is not None:
+        base = kept
+        digest = events_digest(new_ids, kept.digest)
+    else:
+        past = [_timed(r, e) for r in past_rows if (e := _parse(r.payload, amd_field)) is not None]
+        base = _Folded(0, defn, dict(attributes), *_fold_all(defn, past, attributes))
+        digest = events_digest([r.id for r in past_rows] + new_ids)
+    before = base.fold
+    extended = _extend(defn, base, new, attributes)
+    if extended is None:
+        # A new event that happened before one folded already: fold everything again
+        # (never with a kept fold, which `_kept_fold` refuses then: no history was read).
+        if kept is not None:
+            raise AssertionError("a kept fold was taken for events that go back before it")
+        extended = _fold_all(defn, past + new, attributes)
     after, seen_after, last_after = extended
+    voice_id = attempt.voice_id or ""
     if len(_FOLDS) >= FOLD_CACHE_SIZE and voice_id not in _FOLDS:
         del _FOLDS[next(iter(_FOLDS))]
-    _FOLDS[voice_id] = _Folded(
-        history | {(r.payload, r.received_at) for r, _ in new_rows},
-        defn,
-        dict(attributes),
-        after,
-        seen_after,
-        last_after,
-    )
+    _FOLDS[voice_id] = _Folded(digest, defn, dict(attributes), after, seen_after, last_after)
+    attempt.folded_digest = digest
     return before, after
 
 
@@ -540,10 +584,21 @@ async def apply_events(
 
     campaigns = await calls.campaign_states(session, {a.campaign_id for a in attempts})
     definitions = {cid: campaign_definition(cid, text) for cid, (_, text) in campaigns.items()}
-    history = await calls.history_of_calls(session, [a.voice_id for a in attempts if a.voice_id])
     personalised = {cid for cid, defn in definitions.items() if poll.needs_attributes(defn)}
     personal = [a.recipient_id for a in attempts if a.campaign_id in personalised]
     attributes = await store.contact_attributes(session, personal)
+    news = {a.id: [_timed(r, e) for r, e in work[a.id]] for a in attempts}
+    kept = {
+        a.id: _kept_fold(
+            definitions[a.campaign_id], a, news[a.id], attributes.get(a.recipient_id, {})
+        )
+        for a in attempts
+    }
+    # The history only of the calls whose kept fold cannot serve (new to this process,
+    # changed by another, or reached by an event from before its latest one).
+    history = await calls.history_of_calls(
+        session, [a.voice_id for a in attempts if a.voice_id and kept[a.id] is None]
+    )
     writes = _Writes()
     to_settle: list[ToSettle] = []
     late: list[calls.AttemptRow] = []
@@ -553,9 +608,11 @@ async def apply_events(
         done_ids += [r.id for r, _ in new_rows]
         before, after = _fold_both(
             defn,
-            attempt.voice_id or "",
+            attempt,
+            kept[attempt.id],
             history.get(attempt.voice_id or "", []),
             new_rows,
+            news[attempt.id],
             attributes.get(attempt.recipient_id, {}),
             config.amd_field,
         )

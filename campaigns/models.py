@@ -260,6 +260,9 @@ class CallAttempt(Base):
     answered_at: Mapped[datetime | None] = mapped_column()
     ended_at: Mapped[datetime | None] = mapped_column()
     settled_at: Mapped[datetime | None] = mapped_column()
+    # XOR of a 63-bit hash of each event id applied to this call (campaigns.applying): a
+    # worker's kept fold of the call is reused only while it holds exactly these events.
+    folded_digest: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class Answer(Base):

@@ -73,6 +73,7 @@ class AttemptRow:
     answered_at: datetime | None
     ended_at: datetime | None
     settled_at: datetime | None
+    folded_digest: int  # `campaigns.applying.events_digest` of the events applied
     broadcast_id: str | None
     time_zones: str | None
 
@@ -91,6 +92,7 @@ _FOLD_COLUMNS = (
     "started_at",
     "answered_at",
     "ended_at",
+    "folded_digest",
 )
 
 

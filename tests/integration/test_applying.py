@@ -23,6 +23,7 @@ from arq.connections import RedisSettings, create_pool
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from campaigns import applying
 from campaigns.applying import ApplyConfig, ApplyResult, apply_events, settle_attempts
 from campaigns.config import Settings
 from campaigns.db import async_session_factory, make_async_engine
@@ -683,3 +684,61 @@ async def test_commands_carry_the_personalised_message(
     results = [await world.deliver([e]) for e in script.events]
     plays = [c.play for r in results for c in r.commands if c.play]
     assert [(p.prompt_ref, p.text) for p in plays] == [("msg", "Hello Person 0 from Springfield.")]
+
+
+class _Undo(Exception):
+    """Raised to roll a transaction back."""
+
+
+async def _apply_then_fail(world: World, ids: list[int]) -> None:
+    async with world.sessions() as session, session.begin():
+        await apply_events(session, ids, now=NOW, config=CONFIG)
+        raise _Undo
+
+
+async def test_a_kept_fold_is_not_used_once_the_call_changed_elsewhere(
+    world_factory: Callable[..., Any],
+) -> None:
+    """A worker keeps each call's fold to extend it; the attempt row's digest of the events
+    applied tells it when that fold no longer holds what the database holds: events applied
+    by another worker, or its own apply rolled back. Either way the result is the fold of
+    what is stored, as if every event had been applied in order by one worker."""
+    phones = us_numbers(3)
+    world: World = await world_factory(phones)
+    snapshots = []
+    for n, phone in enumerate(phones):
+        events = completed(phone).events
+        digit = next(i for i, e in enumerate(events) if e.get("digit") == "7")
+        for event in events[:digit]:
+            await world.deliver([event])
+        voice_id = events[0]["voice_id"]
+        if n == 1:  # another worker applies the first answer: this one's fold misses it
+            held = applying._FOLDS[voice_id]
+            await world.deliver([events[digit]])
+            applying._FOLDS[voice_id] = held
+        elif n == 2:  # this worker folds the first answer, then its transaction fails
+            ids = await world.store([events[digit]])
+            with pytest.raises(_Undo):
+                await _apply_then_fail(world, ids)
+            async with world.sessions() as session, session.begin():
+                await apply_events(session, ids, now=NOW, config=CONFIG)  # the sweeper
+        else:
+            await world.deliver([events[digit]])
+        for event in events[digit + 1 :]:
+            await world.deliver([event])
+        snap = await world.snapshot(phone)
+        assert snap["attempt"]["outcome"] == "completed", n
+        del snap["attempt"]["voice_id"], snap["dnc"]
+        snapshots.append(snap)
+    assert snapshots[1] == snapshots[0]
+    assert snapshots[2] == snapshots[0]
+
+
+def test_the_events_digest_is_one_of_the_set() -> None:
+    ids = [5, 17, 3, 1_000_000_007]
+    whole = applying.events_digest(ids)
+    assert applying.events_digest(reversed(ids)) == whole
+    assert applying.events_digest(ids[2:], applying.events_digest(ids[:2])) == whole
+    assert applying.events_digest([]) == 0
+    assert 0 < whole < 2**63
+    assert applying.events_digest([5, 17]) != applying.events_digest([5, 18])
