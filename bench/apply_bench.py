@@ -38,7 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchdoc import code_version, load_note, machine, write_section
+from benchdoc import code_version, load_note, machine, publish
 from command_bench import _cpu, _start_server
 from dispatch_bench import POLL, campaign_toml, create_campaign, make_list, numbers
 from dispatch_bench import scratch_database as scratch_db
@@ -273,10 +273,7 @@ async def main(args: argparse.Namespace) -> None:
         finally:
             proc.terminate()
             proc.wait(10)
-    body = report(args, rounds)
-    print(body)
-    if not args.no_doc:
-        write_section(SECTION, body)
+    publish(SECTION, report(args, rounds), no_doc=args.no_doc)
 
 
 def parse() -> argparse.Namespace:

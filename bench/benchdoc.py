@@ -53,6 +53,13 @@ def code_version() -> str:
     return f"`{head}`" + (" (with uncommitted changes in campaigns/ or workers/)" if dirty else "")
 
 
+def publish(section: str, body: str, *, no_doc: bool) -> None:
+    """Print a benchmark's section, and write it into docs/benchmarks.md unless `no_doc`."""
+    print(body)
+    if not no_doc:
+        write_section(section, body)
+
+
 def write_section(section: str, body: str) -> None:
     """Replace only this section of docs/benchmarks.md (re-read right before writing)."""
     start, end = f"<!-- section:{section} -->", f"<!-- /section:{section} -->"

@@ -40,7 +40,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchdoc import code_version, load_note, machine, write_section
+from benchdoc import code_version, load_note, machine, publish
 
 from campaigns.enablex.client import EnablexClient, PlaySpec
 from campaigns.enablex.transport import KeepAliveTransport
@@ -233,10 +233,7 @@ async def main(args: argparse.Namespace) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
-    body = report(args, rounds)
-    print(body)
-    if not args.no_doc:
-        write_section(SECTION, body)
+    publish(SECTION, report(args, rounds), no_doc=args.no_doc)
 
 
 def parse() -> argparse.Namespace:
