@@ -829,9 +829,25 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], setup: dict[
     sustained = min(ours["max"]["ack_rate"], apply_rate(ours["max_apply"]))
     tp_ok = sustained >= TARGET_RATE
     lat_ok = ours["rate"]["p99_ms"] <= 50
-    ivr_ok = ours["ivr"]["p95_ms"] <= 250
-    if ours["ivr"]["turns"]:
-        ivr_note = f"p95 {ours['ivr']['p95_ms']:.0f} ms under load"
+    # A turn is timed only for people still on the line when their question came: the
+    # target holds only if the load does not make most of them hang up first.
+    ivr, alone = ours["ivr"], ours["ivr_alone"]
+    reach = ivr["turns"] / ivr["calls"] if ivr["calls"] else 0.0
+    reach_alone = alone["turns"] / alone["calls"] if alone["calls"] else 0.0
+    reached = reach >= 0.8 * reach_alone
+    ivr_ok = ivr["p95_ms"] <= 250 and reached
+    if ivr["turns"]:
+        ivr_note = (
+            f"p95 {ivr['p95_ms']:.0f} ms under load, over the {ivr['turns']} calls of "
+            f"{ivr['calls']} dialled that got to answer a question ({reach:.0%}; "
+            f"{reach_alone:.0%} with no other load)"
+        )
+        if not reached:
+            ivr_note += (
+                ": the others hung up before their question came (stored→applied lag p50 "
+                f"{ours['rate_apply']['lag_p50_ms'] / 1000:.1f} s), so the turn is not kept "
+                "under this load"
+            )
     elif not ours["ivr"]["calls"]:
         ivr_note = (
             "no turn under load: the worker dialled none of the campaign's calls during the "
