@@ -15,11 +15,12 @@ come on a feed of their own, with slots of their own (`URGENT_CONCURRENCY`): a b
 other events never stands between a person's answer and the next question (on SQLite,
 which has one writer, the applies of a worker take turns, urgent ones first:
 `workers.apply_gate`). Events whose call another transaction holds are skipped, not
-waited for, and pushed back on the feed they came from a moment later. Groups that must wait (events of a broadcast not recorded
-yet) or hit a database error go on as `apply_events` arq jobs with backoff, which keep
-the group's urgency. The cron `sweep_events` re-applies what was stored but never applied
-(a crash between the commit and the push, a lost Redis, a worker killed mid-apply) and
-settles attempts whose settle waited for a reordered event that never came.
+waited for, and pushed back on the feed they came from a moment later. Groups that must
+wait (events of a broadcast not recorded yet) or hit a database error go on as
+`apply_events` arq jobs with backoff, which keep the group's urgency. The cron
+`sweep_events` re-applies what was stored but never applied (a crash between the commit
+and the push, a lost Redis, a worker killed mid-apply) and settles attempts whose settle
+waited for a reordered event that never came.
 """
 
 from __future__ import annotations
