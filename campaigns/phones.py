@@ -140,6 +140,26 @@ def normalise_many(
     return normalise_columns(pa.array(values, pa.string()), default_region, known=known).results()
 
 
+def warm_up(default_region: str) -> None:
+    """Build ahead what normalising the numbers of `default_region` needs first: pyarrow's
+    pandas import (pyarrow imports pandas on its first array, 0.2-0.3 s), the metadata of
+    every region sharing the country code, the time-zone prefixes, and the memo's analysis
+    of each national length. Calling it is optional (everything is built on first use
+    anyway) and thread-safe: an importer runs it in a thread while its file is opened and
+    parsed (calamine and pyarrow's CSV reader work without the GIL), so that the cost
+    overlaps the parse instead of following it."""
+    pa.array([], pa.string())
+    info = _national_info(default_region.upper())[0]
+    _zone_extendable()
+    if info is None:
+        return
+    metadata = PhoneMetadata.metadata_for_region(default_region.upper())
+    if metadata is None or metadata.general_desc is None:
+        return
+    for length in metadata.general_desc.possible_length or ():
+        _analysis(info.country_code, length)
+
+
 def normalise_columns(
     values: pa.Array | pa.ChunkedArray,
     default_region: str,

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from campaigns.cli import main
 from campaigns.db import make_engine
+from campaigns.errors import InputFileError
 from campaigns.models import Contact, ContactList, DncNumber, ImportReject, Recipient
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_lists"
@@ -383,3 +384,30 @@ async def test_a_campaign_calls_an_imported_list_in_the_file_s_order(
         engine.dispose()
     assert [row for row, _ in rows] == list(range(2, count + 2))
     assert rows[0][1] == f"+1212{200 + lines[0] // 10_000}{lines[0] % 10_000:04d}"
+
+
+@pytest.mark.parametrize("collector_on", [True, False])
+def test_an_import_leaves_the_garbage_collector_as_it_found_it(
+    database_url: str, tmp_path: Path, collector_on: bool
+) -> None:
+    """The import pauses Python's cyclic collector while it runs; a process that imports
+    a list (the demo, a long-lived service) must get it back, after a failure too."""
+    import gc
+
+    from campaigns.importing import ImportOptions, import_file
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,city\nAda,London\n", encoding="utf-8")
+    was = gc.isenabled()
+    engine = make_engine(database_url)
+    try:
+        (gc.enable if collector_on else gc.disable)()
+        with engine.begin() as conn:
+            import_file(conn, str(SAMPLES / "clean.csv"), "gc", ImportOptions("US"))
+        assert gc.isenabled() is collector_on
+        with pytest.raises(InputFileError), engine.begin() as conn:
+            import_file(conn, str(bad), "gc-bad", ImportOptions("US"))
+        assert gc.isenabled() is collector_on
+    finally:
+        (gc.enable if was else gc.disable)()
+        engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import random
 
 import phonenumbers
@@ -310,3 +311,33 @@ def test_digits_and_plus_keeps_only_digits_and_plus_on_any_slice() -> None:
         "123",
     ]
     assert phones._digits_and_plus(values.slice(1, 3)).to_pylist() == ["+12125550101", "", ""]
+
+
+def test_warm_up_alongside_normalising_changes_no_answer() -> None:
+    """An import warms the memo's analysis up in a thread while its main thread may
+    already normalise: the answers must be phonenumbers' own all the same, and a region
+    without metadata is no error."""
+
+    def forget() -> None:  # what the memo learned, and the analyses behind it
+        phones._analysis.cache_clear()
+        phones._language.cache_clear()
+        phones._MEMOS.clear()
+        phones._CLASSES.clear()
+        phones._COLUMNAR_MEMO.clear()
+
+    rng = random.Random(11)
+    values = [raw for raw, _ in _sample(rng)[:4000]]
+    expected = {
+        region: [normalise(raw, region, fast=False) for raw in values]
+        for region in ("US", "DE", "IN")
+    }
+    forget()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        warming = [pool.submit(phones.warm_up, region) for region in ("US", "DE", "IN", "ZZ", "xx")]
+        answers = {
+            region: pool.submit(phones.normalise_many, values, region) for region in expected
+        }
+        for future in warming:
+            future.result()
+        assert {region: future.result() for region, future in answers.items()} == expected
+    assert phones._analysis.cache_info().currsize > 0
