@@ -337,11 +337,14 @@ def test_columnar_path_equals_row_path_for_excel(tmp_path: Path) -> None:
     book = Workbook()
     sheet = book.active
     assert sheet is not None
-    sheet.append(["Name", "Phone", "Joined"])
+    sheet.append(["Name", "Phone", "Joined", "Plan"])
+    pads = [" ", "\xa0", "\u3000", "\x85", "\u2028", "", "\t"]
     for i in range(300):
-        sheet.append([f" P{i} ", 2125550100 + i % 250, 1.5 if i % 7 else None])
-    sheet.append([None, None, None])
-    sheet.append(["Sci", 1.2e20, "x"])
+        pad = pads[i % len(pads)]
+        name = f"{pad}P{i}{pads[(i + 3) % len(pads)]}"  # a text column (Python's whitespace)
+        sheet.append([name, 2125550100 + i % 250, 1.5 if i % 7 else None, f" {pad}gold "])
+    sheet.append([None, None, None, None])
+    sheet.append(["Sci", 1.2e20, "x", ""])
     path = tmp_path / "list.xlsx"
     book.save(path)
     assert _by_rows(path) == _by_columns(path)
