@@ -286,12 +286,14 @@ def run_product_worker() -> None:
     """Role `worker`: one arq worker exactly as `campaign worker` builds it."""
     import logging
 
+    from campaigns import collector
     from campaigns.config import Settings
     from workers.settings import make_worker
 
     settings = Settings.from_env(os.environ)
     logging.basicConfig(level=settings.log_level)
     worker = make_worker(settings, settings.redis_url or REDIS_URL)
+    collector.for_service()  # as `campaign worker` does
     print("ready", flush=True)
     profile = os.environ.get("BENCH_PROFILE_WORKER")  # a path: the worker's CPU profile
     if not profile:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import gc
 import gzip
 import hashlib
 import io
@@ -25,7 +24,6 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -37,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 from sqlalchemy import Connection
 
+from campaigns import collector
 from campaigns.errors import InputFileError
 from campaigns.phones import (
     NormalisedColumns,
@@ -885,7 +884,8 @@ def import_file(
     threading.Thread(
         target=_warm_up, args=(options.default_region,), name="phone-warm-up", daemon=True
     ).start()
-    with collector_paused():
+    # millions of short-lived objects and no cycles: collections would only walk them
+    with collector.paused():
         summary = _import(conn, path, list_name, options, progress, dry_run, columnar)
     summary.seconds = time.perf_counter() - started
     return summary
@@ -896,24 +896,6 @@ def _warm_up(default_region: str) -> None:
         warm_up(default_region)
     except Exception:  # only a head start: whatever failed here fails again where it counts
         log.debug("phone warm-up failed", exc_info=True)
-
-
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off for the block (back on after it, as it was).
-
-    An import allocates millions of short-lived objects (a workbook's cells, the rows of
-    a file read row by row, the phone memo), and each allocation burst sets off a
-    collection that walks every tracked object of the process, the loaded libraries'
-    included; nothing the import makes needs the collector (its objects are freed by
-    reference counting). A 100,000-row .xlsx imported 20-30 % faster with it off."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _import(

@@ -6,7 +6,7 @@ import logging
 
 import click
 
-from campaigns import migrate
+from campaigns import collector, migrate
 from campaigns.local_redis import redis_for
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ def worker(burst: bool) -> None:
         click.echo("REDIS_URL is unset: starting a private Redis for this worker only", err=True)
     with redis_for(settings.redis_url) as redis_url:
         arq_worker = make_worker(settings, redis_url, burst=burst)
+        collector.for_service()
         arq_worker.run()
         click.echo(
             f"worker stopped: {arq_worker.jobs_complete} jobs complete, "
