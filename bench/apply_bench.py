@@ -44,7 +44,7 @@ from dispatch_bench import POLL, campaign_toml, create_campaign, make_list, numb
 from dispatch_bench import scratch_database as scratch_db
 from ingest_bench import EVENTS_PER_CALL, call_events
 
-from campaigns import applying
+from campaigns import applying, collector
 from campaigns.config import Settings
 from campaigns.db import async_session_factory, make_async_engine
 from campaigns.enablex.events import dedupe_key
@@ -234,7 +234,13 @@ def report(args: argparse.Namespace, rounds: list[list[dict[str, Any]]]) -> str:
             "stores them, then applied in one process on PostgreSQL and each transaction's "
             "IVR commands sent as the worker sends them (to a minimal server in another "
             "process). No Redis, no worker process, no ingest load: the applier's own cost. "
-            f"Variants alternate, {args.rounds} rounds, median round shown.",
+            + (
+                "Python's default garbage-collector settings. "
+                if args.default_gc
+                else "The garbage collector set as `campaign worker` sets it "
+                "(`campaigns.collector.for_service`). "
+            )
+            + f"Variants alternate, {args.rounds} rounds, median round shown.",
             "",
             "| how the events are applied | events | events/s | CPU µs per event "
             "(this process) | µs per event in: claim / lock attempts / read call histories / "
@@ -250,6 +256,8 @@ def report(args: argparse.Namespace, rounds: list[list[dict[str, Any]]]) -> str:
 
 
 async def main(args: argparse.Namespace) -> None:
+    if not args.default_gc:
+        collector.for_service()  # as `campaign worker` sets its process
     rounds: list[list[dict[str, Any]]] = []
     start = 0
     with scratch_db("apply_bench") as url:
@@ -282,6 +290,11 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--baseline-calls", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-doc", action="store_true")
+    parser.add_argument(
+        "--default-gc",
+        action="store_true",
+        help="Keep Python's default collector settings (the worker sets its own).",
+    )
     args = parser.parse_args()
     args.argv = [a for a in sys.argv[1:] if a != "--no-doc"]
     return args
