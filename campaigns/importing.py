@@ -24,6 +24,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -881,14 +882,23 @@ def import_file(
 
     `columnar=False` reads row by row only (the reference the columnar path must equal)."""
     started = time.perf_counter()
-    threading.Thread(
-        target=_warm_up, args=(options.default_region,), name="phone-warm-up", daemon=True
-    ).start()
-    # millions of short-lived objects and no cycles: collections would only walk them
-    with collector.paused():
+    with _reading_numbers(options.default_region):
         summary = _import(conn, path, list_name, options, progress, dry_run, columnar)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+@contextmanager
+def _reading_numbers(default_region: str) -> Iterator[None]:
+    """What reading a file of numbers runs under: a thread warming the phone normaliser up
+    while the file is opened and parsed (`phones.warm_up`), and the cyclic garbage
+    collector paused (millions of short-lived objects and no cycles: collections would
+    only walk them)."""
+    threading.Thread(
+        target=_warm_up, args=(default_region,), name="phone-warm-up", daemon=True
+    ).start()
+    with collector.paused():
+        yield
 
 
 def _warm_up(default_region: str) -> None:
@@ -981,23 +991,79 @@ def _count(summary: ImportSummary, checked: ValidatedChunk | ValidatedColumns) -
     summary.rejects.extend(checked.rejects)
 
 
-def read_numbers(path: str, options: ImportOptions) -> tuple[list[str], list[Reject]]:
+def read_numbers(
+    path: str, options: ImportOptions, *, progress: Progress | None = None
+) -> tuple[list[str], list[Reject]]:
     """Numbers of a DNC file: the phone column if there is a header naming one, else the
-    first column of every row. Returns (distinct E.164 numbers, rejects)."""
-    table = open_table(path, encoding=options.encoding, sheet=options.sheet)
-    try:
-        phone, _ = detect_columns(table.columns, options.phone_column, None)
-    except LookupError as exc:
-        raise InputFileError(
-            path, f"no column named {exc.args[0]!r} (columns: {_listed(table.columns)})"
-        ) from exc
-    rows: list[tuple[int, list[str]]] = []
-    if phone is None:
-        phone = 0
-        rows.append((table.header_row, table.columns))  # no header: the first row is data
+    first column of every row. Returns (distinct E.164 numbers in the file's order,
+    rejects); blank cells are skipped. Read column-wise when the file allows it (each
+    distinct text normalised once, as `import_file` does), else row by row: the same
+    result either way."""
+    with _reading_numbers(options.default_region):
+        table = open_table(path, encoding=options.encoding, sheet=options.sheet)
+        try:
+            phone, _ = detect_columns(table.columns, options.phone_column, None)
+        except LookupError as exc:
+            raise InputFileError(
+                path, f"no column named {exc.args[0]!r} (columns: {_listed(table.columns)})"
+            ) from exc
+        header_is_data = phone is None  # no header: the first row is data
+        phone = phone or 0
+        if table.columnar is not None:
+            try:
+                return _numbers_by_columns(table, phone, header_is_data, options, progress)
+            except Unreadable as exc:
+                log.info("%s: reading row by row (%s)", table.path, exc)
+        return _numbers_by_rows(table, phone, header_is_data, options, progress)
+
+
+def _numbers_by_columns(
+    table: Table,
+    phone: int,
+    header_is_data: bool,
+    options: ImportOptions,
+    progress: Progress | None,
+) -> tuple[list[str], list[Reject]]:
+    assert table.columnar is not None
     numbers: dict[str, None] = {}
     rejects: list[Reject] = []
-    for chunk in [rows, *table.chunks]:
+    known: dict[str, str] = {}  # raw texts already rejected, with the reason
+    for chunk in table.columnar(header_is_data):
+        raw = chunk.columns[phone] if phone < len(chunk.columns) else None
+        if raw is None:
+            raise Unreadable("no such column in this chunk")
+        encoded = pc.dictionary_encode(raw)
+        normalised = normalise_columns(encoded.dictionary, options.default_region, known=known)
+        row_e164 = pc.take(normalised.e164, encoded.indices)
+        numbers.update(dict.fromkeys(pc.unique(pc.drop_null(row_e164)).to_pylist()))
+        bad = pc.indices_nonzero(pc.is_null(row_e164))
+        if len(bad):
+            reasons = pc.take(normalised.reason, pc.take(encoded.indices, bad)).to_pylist()
+            raws = pc.take(raw, bad).to_pylist()
+            for index, value, reason in zip(bad.to_pylist(), raws, reasons, strict=True):
+                if reason == "empty":  # a blank cell: nothing to add, nothing wrong
+                    continue
+                rejects.append(Reject(chunk.first_row + index, value, reason))
+                if len(known) < 10_000:
+                    known[value] = reason
+        if progress is not None:
+            progress(chunk.position, table.total)
+    return list(numbers), rejects
+
+
+def _numbers_by_rows(
+    table: Table,
+    phone: int,
+    header_is_data: bool,
+    options: ImportOptions,
+    progress: Progress | None,
+) -> tuple[list[str], list[Reject]]:
+    rows: list[tuple[int, list[str]]] = []
+    if header_is_data:
+        rows.append((table.header_row, table.columns))
+    numbers: dict[str, None] = {}
+    rejects: list[Reject] = []
+    for chunk in itertools.chain([rows], table.chunks):
         for row_number, cells in chunk:
             raw = cells[phone] if phone < len(cells) else ""
             if not raw.strip():
@@ -1007,4 +1073,6 @@ def read_numbers(path: str, options: ImportOptions) -> tuple[list[str], list[Rej
                 numbers[result.e164] = None
             else:
                 rejects.append(Reject(row_number, raw, result.reason))
+        if progress is not None:
+            progress(table.position(), table.total)
     return list(numbers), rejects

@@ -32,6 +32,7 @@ from campaigns.phones import PhoneResult, normalise
 from campaigns.store import contacts as store
 
 PROGRESS_MIN_BYTES = 2_000_000
+REJECTS_SHOWN = 20  # rejected rows `campaign dnc import` lists on stderr
 PROGRESS_MIN_ROWS = 20_000
 
 
@@ -259,6 +260,7 @@ def dnc_remove(numbers: tuple[str, ...], country: str | None) -> None:
 @click.option("--sheet", help="Excel sheet to read (default: the first).")
 @click.option("--encoding", help="Text encoding of a CSV (default: detected).")
 @click.option("--reason", help="Why they must not be called.")
+@click.option("--rejects", "rejects_path", help="Write the rejected rows to this CSV.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def dnc_import(
     file: str,
@@ -267,13 +269,18 @@ def dnc_import(
     sheet: str | None,
     encoding: str | None,
     reason: str | None,
+    rejects_path: str | None,
     as_json: bool,
 ) -> None:
     """Add every number of a file to the do-not-call list.
 
+    Rejected rows (not a valid phone number) are listed on stderr, the first 20 of
+    them; --rejects writes them all to a CSV (row, value, reason).
+
     \b
     Example:
       campaign dnc import sample_lists/dnc.csv --country US
+      campaign dnc import national-registry.csv.gz --country US --rejects bad.csv
     """
     settings = load_settings()
     options = ImportOptions(
@@ -282,9 +289,14 @@ def dnc_import(
         sheet=sheet,
         encoding=encoding,
     )
-    phones, rejects = read_numbers(file, options)
+    console = Console(stderr=False)
+    show_progress = not as_json and sys.stdout.isatty() and _is_large(file)
+    with _progress(console, show_progress) as tick:
+        phones, rejects = read_numbers(file, options, progress=tick)
     with _transaction(settings.database_url) as conn:
         added = store.add_dnc(conn, phones, source=f"file:{Path(file).name}", reason=reason)
+    if rejects_path:
+        _write_rejects(rejects_path, rejects)
     result = {"numbers": len(phones), "added": added, "invalid": len(rejects)}
     if as_json:
         click.echo(json.dumps(result))
@@ -293,8 +305,12 @@ def dnc_import(
         f"{file}: {len(phones)} number(s), {added} added to the do-not-call list, "
         f"{len(rejects)} invalid"
     )
-    for reject in rejects:
+    for reject in rejects[:REJECTS_SHOWN]:
         click.echo(f"  row {reject.row_number}: {reject.raw_value!r}: {reject.reason}", err=True)
+    if len(rejects) > REJECTS_SHOWN:
+        more = len(rejects) - REJECTS_SHOWN
+        hint = f"all in {rejects_path}" if rejects_path else "--rejects FILE writes them all"
+        click.echo(f"  ... and {more} more ({hint})", err=True)
 
 
 @dnc.command("list")

@@ -10,6 +10,7 @@ holds. Contacts accumulate: importing the same numbers again adds nothing.
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 from collections.abc import Iterable, Sequence
@@ -20,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 from psycopg import sql
-from sqlalchemy import Connection, delete, func, insert, select, text, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.pool import PoolProxiedConnection
 
 from campaigns.models import Contact, ContactList, DncNumber, ImportReject, utcnow
@@ -434,24 +435,27 @@ def list_rejects(conn: Connection, list_id: int) -> list[tuple[int, str | None, 
 def add_dnc(
     conn: Connection, phones: Iterable[str], *, source: str, reason: str | None = None
 ) -> int:
-    """Add E.164 numbers to the global DNC list; returns how many were new."""
+    """Add E.164 numbers to the global DNC list; returns how many were new (a number
+    already on it keeps its source and reason). One statement whatever the count: the
+    numbers go as one parameter (an array on PostgreSQL, a JSON array on SQLite)."""
     wanted = list(dict.fromkeys(phones))
     if not wanted:
         return 0
-    existing: set[str] = set()
-    for start in range(0, len(wanted), 5000):
-        part = wanted[start : start + 5000]
-        existing.update(
-            conn.execute(select(DncNumber.phone).where(DncNumber.phone.in_(part))).scalars()
-        )
-    new = [p for p in wanted if p not in existing]
-    if new:
-        now = utcnow()
-        conn.execute(
-            insert(DncNumber),
-            [{"phone": p, "source": source[:40], "reason": reason, "added_at": now} for p in new],
-        )
-    return len(new)
+    if _is_postgres(conn):
+        numbers, value = "unnest(CAST(:phones AS varchar[])) AS phone", "phone"
+        given: object = wanted
+    else:
+        numbers, value = "json_each(:phones)", "value"
+        given = json.dumps(wanted)
+    statement = text(
+        "INSERT INTO dnc_number (phone, source, reason, added_at) "
+        f"SELECT {value}, :source, :reason, :now FROM {numbers} WHERE true "
+        "ON CONFLICT (phone) DO NOTHING"
+    ).bindparams(bindparam("now", type_=DncNumber.__table__.c.added_at.type))
+    result = conn.execute(
+        statement, {"phones": given, "source": source[:40], "reason": reason, "now": utcnow()}
+    )
+    return int(result.rowcount)
 
 
 def remove_dnc(conn: Connection, phones: Iterable[str]) -> int:

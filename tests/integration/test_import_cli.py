@@ -411,3 +411,48 @@ def test_an_import_leaves_the_garbage_collector_as_it_found_it(
     finally:
         (gc.enable if was else gc.disable)()
         engine.dispose()
+
+
+def test_dnc_import_counts_new_numbers_keeps_old_ones_and_lists_few_rejects(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A large do-not-call file: each number once, the ones already on the list keep
+    their source and reason, stderr lists the first rejects and --rejects writes all."""
+    manual = run(database_url, "dnc", "add", "+1 212 555 0007", "--reason", "asked in person")
+    assert "added 1" in manual.stdout
+    path = tmp_path / "registry.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["number", "listed"])
+        for i in range(3000):
+            writer.writerow([f"(212) 555-{i % 2000:04d}", "2026"])  # 2,000 numbers, twice some
+            if i % 100 == 0:
+                writer.writerow([f"bad-{i}", "2026"])  # 30 rejects
+    rejects_file = tmp_path / "bad.csv"
+    first = run(
+        database_url, "dnc", "import", str(path), "--country", "US", "--rejects", str(rejects_file)
+    )
+    assert first.exit_code == 0, first.output
+    assert "2000 number(s), 1999 added" in first.stdout  # +1 212 555 0007 was there
+    assert "30 invalid" in first.stdout
+    listed = [line for line in first.stderr.splitlines() if line.startswith("  row ")]
+    assert len(listed) == 20
+    assert "... and 10 more (all in" in first.stderr
+    with rejects_file.open(newline="") as handle:
+        written = list(csv.reader(handle))
+    assert written[0] == ["row", "value", "reason"]
+    assert [row[1] for row in written[1:]] == [f"bad-{i}" for i in range(0, 3000, 100)]
+    assert written[1][0] == "3"  # the header is row 1, the first number row 2
+    again = run(database_url, "dnc", "import", str(path), "--country", "US", "--json")
+    assert json.loads(again.stdout) == {"numbers": 2000, "added": 0, "invalid": 30}
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            kept = conn.execute(
+                select(DncNumber.source, DncNumber.reason).where(DncNumber.phone == "+12125550007")
+            ).one()
+            total = conn.execute(select(func.count()).select_from(DncNumber)).scalar_one()
+    finally:
+        engine.dispose()
+    assert tuple(kept) == ("manual", "asked in person")
+    assert total == 2000

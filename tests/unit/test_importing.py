@@ -12,14 +12,18 @@ from openpyxl import Workbook
 from campaigns.errors import InputFileError
 from campaigns.importing import (
     ImportOptions,
+    Reject,
     Unreadable,
     Validator,
+    _numbers_by_rows,
     cell_text,
     detect_columns,
     list_name_for,
     open_table,
     prepare,
+    read_numbers,
 )
+from campaigns.phones import SCIENTIFIC_REASON
 
 
 def _rows(
@@ -375,3 +379,52 @@ def test_columnar_reader_gives_up_on_bytes_it_cannot_decode(tmp_path: Path) -> N
     assert table.columnar is not None
     with pytest.raises(Unreadable):
         list(table.columnar(False))
+
+
+def _numbers_both_ways(
+    path: Path, region: str = "US"
+) -> tuple[tuple[list[str], list[Reject]], tuple[list[str], list[Reject]]]:
+    """`read_numbers` (column-wise where the file allows) and the row-by-row reader."""
+    options = ImportOptions(region)
+    table = open_table(str(path), encoding=None, sheet=None)
+    phone, _ = detect_columns(table.columns, None, None)
+    by_rows = _numbers_by_rows(table, phone or 0, phone is None, options, None)
+    return read_numbers(str(path), options), by_rows
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_dnc_numbers_read_by_columns_equal_those_read_by_rows(tmp_path: Path, seed: int) -> None:
+    path = tmp_path / "tricky.csv"
+    _tricky_csv(path, 3000, seed)
+    fast, slow = _numbers_both_ways(path)
+    assert fast == slow
+    numbers, rejects = fast
+    assert numbers
+    assert rejects
+    assert len(numbers) == len(set(numbers))  # each number once, in the file's order
+
+
+def test_dnc_numbers_headerless_blank_and_excel(tmp_path: Path) -> None:
+    bare = tmp_path / "numbers.txt"
+    bare.write_text(" +14155550100 \n\n(212) 555-0101\nnot a number\n+1 415 555 0100\n")
+    fast, slow = _numbers_both_ways(bare)
+    assert (
+        fast
+        == slow
+        == (
+            ["+14155550100", "+12125550101"],
+            [Reject(4, "not a number", "not a number")],
+        )
+    )
+    book = Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.append(["Phone", "Why"])
+    for row in ([2125550100, "x"], [None, "blank"], ["+44 20 7946 0958", ""], [1.2e20, "sci"]):
+        sheet.append(row)
+    path = tmp_path / "dnc.xlsx"
+    book.save(path)
+    fast, slow = _numbers_both_ways(path)
+    assert fast == slow
+    assert fast[0] == ["+12125550100", "+442079460958"]
+    assert [(r.row_number, r.reason) for r in fast[1]] == [(5, SCIENTIFIC_REASON)]
