@@ -30,6 +30,7 @@ STAGE = "import_stage"
 STAGE_COLUMNS = ("phone", "name", "attributes", "region", "time_zones", "source_row")
 DNC_IN_MEMORY = 1_000_000  # a larger DNC list is matched in SQL (staged import)
 COPY_QUEUE = 3  # tables waiting for the COPY writer thread
+DNC_ADD_BLOCK = 200_000  # numbers per statement adding to the DNC list
 # A direct COPY sends each block of rows the importer hands over (20,000-25,000 rows: a
 # columnar chunk) sorted by phone, so that the unique (list_id, phone) index takes them in
 # key order: the server's COPY of 1M rows in file order took 4.8-5.2 s, sorted in blocks of
@@ -436,11 +437,16 @@ def add_dnc(
     conn: Connection, phones: Iterable[str], *, source: str, reason: str | None = None
 ) -> int:
     """Add E.164 numbers to the global DNC list; returns how many were new (a number
-    already on it keeps its source and reason). One statement whatever the count: the
-    numbers go as one parameter (an array on PostgreSQL, a JSON array on SQLite)."""
+    already on it keeps its source and reason). One statement per DNC_ADD_BLOCK numbers:
+    they go as one parameter (an array on PostgreSQL, a JSON array on SQLite)."""
     wanted = list(dict.fromkeys(phones))
-    if not wanted:
-        return 0
+    return sum(
+        _add_dnc_block(conn, wanted[start : start + DNC_ADD_BLOCK], source, reason)
+        for start in range(0, len(wanted), DNC_ADD_BLOCK)
+    )
+
+
+def _add_dnc_block(conn: Connection, wanted: list[str], source: str, reason: str | None) -> int:
     if _is_postgres(conn):
         numbers, value = "unnest(CAST(:phones AS varchar[])) AS phone", "phone"
         given: object = wanted

@@ -456,3 +456,24 @@ def test_dnc_import_counts_new_numbers_keeps_old_ones_and_lists_few_rejects(
         engine.dispose()
     assert tuple(kept) == ("manual", "asked in person")
     assert total == 2000
+
+
+def test_adding_to_the_dnc_list_in_blocks_counts_each_new_number_once(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from campaigns.store import contacts as store
+
+    monkeypatch.setattr(store, "DNC_ADD_BLOCK", 3)
+    numbers = [f"+1212555{i:04d}" for i in range(10)]
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            assert store.add_dnc(conn, numbers[:4], source="a") == 4
+        with engine.begin() as conn:  # 6 new, 4 known, one written twice
+            assert store.add_dnc(conn, [*numbers, numbers[7]], source="b") == 6
+        with engine.connect() as conn:
+            rows = conn.execute(select(DncNumber.phone, DncNumber.source)).all()
+            sources = {str(row[0]): str(row[1]) for row in rows}
+    finally:
+        engine.dispose()
+    assert sources == {n: "a" if i < 4 else "b" for i, n in enumerate(numbers)}
