@@ -46,7 +46,7 @@ import asyncio
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -510,14 +510,21 @@ class _Writes:
 
 
 async def apply_events(
-    session: AsyncSession, event_ids: list[int], *, now: datetime, config: ApplyConfig
+    session: AsyncSession,
+    event_ids: list[int],
+    *,
+    now: datetime,
+    config: ApplyConfig,
+    before_lock: Callable[[Collection[int]], Awaitable[None]] | None = None,
 ) -> ApplyResult:
     """Apply the given stored events (those not applied yet), in the caller's transaction.
 
     A fixed number of statements per group, whatever the number of events and calls:
     claim, match, lock the attempts, read the calls' history, then one write per kind
     (attempts, answers, settling, applied marks). Events of a call another transaction
-    holds are left unapplied and listed in `busy`, for the caller to hand back."""
+    holds are left unapplied and listed in `busy`, for the caller to hand back.
+    `before_lock(attempt_ids)` is awaited just before the attempts are locked (a worker
+    waits there for its own other applies of the same calls: `workers.attempt_holds`)."""
     result = ApplyResult()
     if not event_ids:
         return result
@@ -565,6 +572,8 @@ async def apply_events(
         else:
             result.waiting.append(row.id)
 
+    if before_lock is not None and work:
+        await before_lock(list(work))
     attempts = await calls.lock_attempt_rows(session, work, skip_locked=True)
     if len(attempts) < len(work):
         locked = {a.id for a in attempts}

@@ -21,6 +21,7 @@ from campaigns.enablex.client import EnablexClient
 from campaigns.enablex.transport import KeepAliveTransport
 from campaigns.models import utcnow
 from workers.apply_gate import ApplyGate
+from workers.attempt_holds import AttemptHolds
 
 # Connections to EnableX per worker process; requests beyond wait in the client.
 HTTP_CONNECTIONS = 20
@@ -39,6 +40,8 @@ class Deps:
     command_transport: KeepAliveTransport | None = None
     # SQLite (one writer): apply transactions one at a time, urgent first. None elsewhere.
     apply_gate: ApplyGate | None = None
+    # PostgreSQL: this process's applies wait for each other's calls. None on SQLite.
+    attempt_holds: AttemptHolds | None = None
 
 
 async def build_deps(
@@ -70,6 +73,7 @@ async def build_deps(
         clock,
         command_transport=command_transport,
         apply_gate=ApplyGate() if is_sqlite(settings.database_url) else None,
+        attempt_holds=None if is_sqlite(settings.database_url) else AttemptHolds(),
     )
 
 

@@ -80,15 +80,20 @@ async def _apply_in_db(
     deps: Deps, event_ids: list[int], *, urgent: bool = False
 ) -> applying.ApplyResult:
     """Apply the events in one transaction, committed on return (on SQLite, one such
-    transaction at a time in this process, urgent groups first: `workers.apply_gate`)."""
+    transaction at a time in this process, urgent groups first: `workers.apply_gate`; on
+    PostgreSQL, waiting for this process's other applies of the same calls rather than
+    skipping them: `workers.attempt_holds`)."""
     config = apply_config(deps.settings)
-    gate = deps.apply_gate
+    gate, holds = deps.apply_gate, deps.attempt_holds
     async with (
         gate.hold(urgent=urgent) if gate is not None else contextlib.nullcontext(),
+        holds.scope(wait=not urgent) if holds else contextlib.nullcontext(None) as before_lock,
         deps.sessions() as session,
         session.begin(),
     ):
-        return await applying.apply_events(session, event_ids, now=deps.clock(), config=config)
+        return await applying.apply_events(
+            session, event_ids, now=deps.clock(), config=config, before_lock=before_lock
+        )
 
 
 async def _follow_up(deps: Deps, result: applying.ApplyResult) -> None:

@@ -521,6 +521,34 @@ async def test_an_apply_job_puts_busy_events_back_on_the_feed_they_came_from(
     assert on_feed == {urgent: [ids], not urgent: []}
 
 
+async def test_a_worker_apply_waits_for_its_own_other_apply_of_the_call_not_skips_it(
+    world_factory: Callable[..., Any], database_url: str, redis_url: str
+) -> None:
+    """Two applies of one worker on the same call: the second waits for the first and
+    applies everything (none handed back as busy); an urgent one does not wait."""
+    world, phone, events = await _connected_call(world_factory)
+    ids = await world.store(events[2:3])
+    async with worker_deps(database_url, redis_url) as deps:
+        holds = deps.attempt_holds
+        assert holds is not None
+        async with holds.scope() as acquire:  # another apply of this worker has the call
+            await acquire([world.attempts[phone]])
+            waiting = asyncio.create_task(event_jobs._apply_in_db(deps, ids))
+            await asyncio.sleep(0.3)
+            assert not waiting.done()
+        result = await asyncio.wait_for(waiting, timeout=10)
+        assert (result.applied, result.busy) == (1, [])
+        assert holds.waits == 1
+        urgent_ids = await world.store(events[3:4])
+        async with holds.scope() as acquire:
+            await acquire([world.attempts[phone]])
+            urgent = await asyncio.wait_for(
+                event_jobs._apply_in_db(deps, urgent_ids, urgent=True), timeout=10
+            )
+        assert (urgent.applied, urgent.busy, holds.waits) == (1, [], 1)
+        assert holds.held() == set()
+
+
 async def test_an_overlong_disconnect_reason_is_cut_and_fails_nothing_else(
     world_factory: Callable[..., Any],
 ) -> None:
