@@ -14,8 +14,10 @@ for. The events a live call's next prompt may wait on (`campaigns.webhooks.is_ur
 come on a feed of their own, with slots of their own (`URGENT_CONCURRENCY`): a backlog of
 other events never stands between a person's answer and the next question (on SQLite,
 which has one writer, the applies of a worker take turns, urgent ones first:
-`workers.apply_gate`). Events whose call another transaction holds are skipped, not
-waited for, and pushed back on the feed they came from a moment later. Groups that must
+`workers.apply_gate`). Events whose call another process's transaction holds are
+skipped, not waited for, and pushed back on the feed they came from a moment later; on
+PostgreSQL an ordinary group waits instead for this worker's own apply of the same calls
+(`workers.attempt_holds`). Groups that must
 wait (events of a broadcast not recorded yet) or hit a database error go on as
 `apply_events` arq jobs with backoff, which keep the group's urgency. The cron
 `sweep_events` re-applies what was stored but never applied (a crash between the commit
