@@ -12,10 +12,10 @@ claimed again, and an urgent event so skipped went to the back of its feed.
 
 `AttemptHolds` is an in-process table of the attempts being applied. Before locking, an
 apply takes all of its attempts at once, waiting while any of them is taken by another
-apply of this process; it gives them back after its transaction ends. An urgent apply
-does not wait: it takes the attempts that are free, and those another apply holds are
-handed back as before (waiting behind a 500-event group of the other feed cost a live
-call more than the hand-back does). An apply takes its
+ordinary apply of this process; it gives them back after its transaction ends. Urgent
+applies (a person may be waiting for the next prompt) keep the old way both ways: they
+never wait, taking the attempts that are free, and nothing waits for them (the calls
+they hold are handed back by `SKIP LOCKED`, as before). An apply takes its
 attempts once and waits before it holds any attempt lock, so two applies never wait for
 each other in a circle. The wait is bounded (`MAX_WAIT_SECONDS`): past it, the apply
 goes on with the attempts that are free, and `SKIP LOCKED` decides as before.
@@ -36,7 +36,8 @@ Acquire = Callable[[Collection[int]], Awaitable[None]]
 class AttemptHolds:
     def __init__(self, *, max_wait: float = MAX_WAIT_SECONDS) -> None:
         self.max_wait = max_wait
-        self._held: dict[int, asyncio.Event] = {}  # attempt id -> set when given back
+        # attempt id -> (set when given back, whether its holder is an ordinary apply)
+        self._held: dict[int, tuple[asyncio.Event, bool]] = {}
         self.waits = 0  # acquisitions that had to wait
 
     def held(self) -> set[int]:
@@ -46,9 +47,11 @@ class AttemptHolds:
     async def scope(self, *, wait: bool = True) -> AsyncIterator[Acquire]:
         """For one apply transaction: yields `acquire(attempt_ids)`, to be awaited once
         before the attempts are locked; what it took is given back when the block ends.
-        `wait=False` (an urgent apply: a person may be waiting for its next prompt): take
-        the attempts that are free at once and leave the others to `SKIP LOCKED`, rather
-        than wait behind a large apply of the other feed."""
+        An ordinary apply waits only for other ordinary applies (the backlog's groups);
+        attempts an urgent apply holds are left to `SKIP LOCKED` (it gives way, as it did
+        before). `wait=False` (an urgent apply: a person may be waiting for its next
+        prompt): take the attempts that are free at once and leave the others to `SKIP
+        LOCKED`, rather than wait behind a large apply of the other feed."""
         released = asyncio.Event()
         mine: list[int] = []
 
@@ -57,7 +60,11 @@ class AttemptHolds:
             deadline = loop.time() + (self.max_wait if wait else 0.0)
             waited = False
             while True:
-                taken = {self._held[i] for i in attempt_ids if i in self._held}
+                taken = {
+                    holder[0]
+                    for i in attempt_ids
+                    if (holder := self._held.get(i)) is not None and holder[1]
+                }
                 if not taken:
                     break
                 remaining = deadline - loop.time()
@@ -75,13 +82,13 @@ class AttemptHolds:
             self.waits += waited
             for attempt_id in attempt_ids:
                 if attempt_id not in self._held:
-                    self._held[attempt_id] = released
+                    self._held[attempt_id] = (released, wait)
                     mine.append(attempt_id)
 
         try:
             yield acquire
         finally:
             for attempt_id in mine:
-                if self._held.get(attempt_id) is released:
+                if self._held.get(attempt_id, (None,))[0] is released:
                     del self._held[attempt_id]
             released.set()

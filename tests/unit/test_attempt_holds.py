@@ -75,3 +75,16 @@ async def test_the_wait_is_bounded_and_a_failed_apply_gives_its_calls_back() -> 
     assert seen == [{7, 8}]
     assert holds.held() == set()
     assert holds.waits == 1
+
+
+async def test_an_ordinary_apply_does_not_wait_for_an_urgent_one() -> None:
+    """Calls an urgent apply holds are left to SKIP LOCKED, as before: the ordinary
+    apply goes on at once and takes only what is free."""
+    holds = AttemptHolds()
+    async with holds.scope(wait=False) as urgent:
+        await urgent([1])
+        async with holds.scope() as ordinary:
+            await asyncio.wait_for(ordinary([1, 2]), timeout=0.5)
+            assert holds.held() == {1, 2}
+        assert holds.held() == {1}
+    assert holds.waits == 0
