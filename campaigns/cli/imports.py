@@ -293,10 +293,10 @@ def dnc_import(
     show_progress = not as_json and sys.stdout.isatty() and _is_large(file)
     with _progress(console, show_progress) as tick:
         phones, rejects = read_numbers(file, options, progress=tick)
+    if rejects_path:  # first: a path that cannot be written stops the command before it adds
+        _write_rejects(rejects_path, rejects)
     with _transaction(settings.database_url) as conn:
         added = store.add_dnc(conn, phones, source=f"file:{Path(file).name}", reason=reason)
-    if rejects_path:
-        _write_rejects(rejects_path, rejects)
     result = {"numbers": len(phones), "added": added, "invalid": len(rejects)}
     if as_json:
         click.echo(json.dumps(result))

@@ -477,3 +477,22 @@ def test_adding_to_the_dnc_list_in_blocks_counts_each_new_number_once(
     finally:
         engine.dispose()
     assert sources == {n: "a" if i < 4 else "b" for i, n in enumerate(numbers)}
+
+
+def test_dnc_import_with_a_rejects_path_it_cannot_write_adds_nothing(
+    database_url: str, tmp_path: Path
+) -> None:
+    result = run(
+        database_url,
+        "dnc",
+        "import",
+        str(SAMPLES / "dnc.csv"),
+        "--country",
+        "US",
+        "--rejects",
+        str(tmp_path / "no-such-directory" / "bad.csv"),
+    )
+    assert result.exit_code == 1
+    assert "cannot write the rejects file" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert table_counts(database_url)["dnc_number"] == 0
