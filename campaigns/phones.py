@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -442,6 +443,10 @@ class _Memo:
 _MEMOS: dict[tuple[int, int], _Memo] = {}
 _CLASSES: dict[tuple[object, ...], _Evaluation] = {}
 _MEMO_LIMIT = 1_000_000
+# The memo is shared by the process's threads (an import warms it up in one while another
+# normalises; tests normalise in several): what changes it, and the columnar copy's
+# reads, hold this lock; dict and list reads need none under the GIL.
+_MEMO_LOCK = threading.RLock()
 
 
 def _lookup(cc: int, cc_text: str, nsn: str, default_region: str) -> Normalised | None:
@@ -491,16 +496,17 @@ class _ColumnarMemo:
 
     def arrays(self) -> tuple[pa.Array, pa.Array, pa.Array, pa.Array] | None:
         """(keys, regions, zones, valid), or None while the memo is empty."""
-        if not self.keys:
-            return None
-        if self.built is None or len(self.keys) > len(self.built[0]) * 1.1:
-            self.built = (
-                pa.array(self.keys, pa.string()),
-                pa.array(self.regions, pa.string()),
-                pa.array(self.zones, pa.string()),
-                pa.array(self.valid, pa.bool_()),
-            )
-        return self.built
+        with _MEMO_LOCK:  # the four lists at one length
+            if not self.keys:
+                return None
+            if self.built is None or len(self.keys) > len(self.built[0]) * 1.1:
+                self.built = (
+                    pa.array(self.keys, pa.string()),
+                    pa.array(self.regions, pa.string()),
+                    pa.array(self.zones, pa.string()),
+                    pa.array(self.valid, pa.bool_()),
+                )
+            return self.built
 
 
 _COLUMNAR_MEMO = _ColumnarMemo()
@@ -595,7 +601,9 @@ def _columnwise(
     # the memo, one pass per prefix length it holds (a number matches at one length at most)
     base = pc.binary_join_element_wise(cc_text, ":", pc.cast(length, pa.string()), ":", "")
     entry: pa.Array | None = None
-    for depth in sorted(_COLUMNAR_MEMO.depths):
+    with _MEMO_LOCK:
+        depths = sorted(_COLUMNAR_MEMO.depths)
+    for depth in depths:
         key = pc.binary_join_element_wise(base, pc.utf8_slice_codeunits(nsn, 0, depth), "")
         found = pc.index_in(key, value_set=keys)
         entry = found if entry is None else pc.coalesce(entry, found)
@@ -636,16 +644,16 @@ def _learn(cc: int, nsn: str) -> _Evaluation | None:
     if hit is None:
         evaluated = _evaluate(PhoneNumber(country_code=cc, national_number=int(nsn)))
         hit = _CLASSES[key] = _INVALID if evaluated is None else evaluated
-    if len(_CLASSES) + sum(len(m.by_prefix) for m in _MEMOS.values()) >= _MEMO_LIMIT:
-        _MEMOS.clear()
-        _CLASSES.clear()
-        _COLUMNAR_MEMO.clear()
-    memo = _MEMOS.setdefault((cc, length), _Memo())
-    memo.by_prefix[nsn[:depth]] = hit
-    _COLUMNAR_MEMO.add(analysis.cc_text, length, nsn[:depth], hit)
-    if depth not in memo.depths:
-        memo.depths.append(depth)
-        memo.depths.sort()
+    with _MEMO_LOCK:
+        if len(_CLASSES) + sum(len(m.by_prefix) for m in _MEMOS.values()) >= _MEMO_LIMIT:
+            _MEMOS.clear()
+            _CLASSES.clear()
+            _COLUMNAR_MEMO.clear()
+        memo = _MEMOS.setdefault((cc, length), _Memo())
+        memo.by_prefix[nsn[:depth]] = hit
+        _COLUMNAR_MEMO.add(analysis.cc_text, length, nsn[:depth], hit)
+        if depth not in memo.depths:
+            memo.depths = sorted([*memo.depths, depth])  # a new list: readers keep theirs
     return hit
 
 
