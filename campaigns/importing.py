@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 20_000
 EXCEL_CHUNK_ROWS = 20_000
+REMEMBERED_REJECTS = 10_000  # rejected texts an import keeps, to answer repeats at once
 ARROW_BLOCK_BYTES = 1 << 20  # ~25 k rows of a typical list per columnar chunk
 SAMPLE_BYTES = 256 * 1024
 TEXT_SUFFIXES = (".csv", ".txt", ".tsv")
@@ -684,7 +685,7 @@ class Validator:
             result = normalise(raw, region)
             if not isinstance(result, PhoneResult):
                 out.rejects.append(Reject(row_number, raw, result.reason))
-                if len(rejected) < 10_000:
+                if len(rejected) < REMEMBERED_REJECTS:
                     rejected[raw] = result.reason
                 continue
             e164 = result.e164
@@ -782,14 +783,22 @@ class Validator:
         return out
 
     def _normalise(self, values: pa.Array) -> NormalisedColumns:
-        rejected = self.rejected
-        normalised = normalise_columns(values, self.region, known=rejected)
-        if len(rejected) < 10_000:
-            bad = pc.indices_nonzero(pc.is_valid(normalised.reason))[: 10_000 - len(rejected)]
-            raws = pc.take(values, bad).to_pylist()
-            reasons = pc.take(normalised.reason, bad).to_pylist()
-            rejected.update(zip(raws, reasons, strict=True))
-        return normalised
+        return _normalise_remembering(values, self.region, self.rejected)
+
+
+def _normalise_remembering(
+    values: pa.Array, region: str, rejected: dict[str, str]
+) -> NormalisedColumns:
+    """`normalise_columns` of distinct texts, reusing and adding to `rejected` (raw text ->
+    reason, up to REMEMBERED_REJECTS: junk values repeat from chunk to chunk)."""
+    normalised = normalise_columns(values, region, known=rejected)
+    room = REMEMBERED_REJECTS - len(rejected)
+    if room > 0:
+        bad = pc.indices_nonzero(pc.is_valid(normalised.reason))[:room]
+        raws = pc.take(values, bad).to_pylist()
+        reasons = pc.take(normalised.reason, bad).to_pylist()
+        rejected.update(zip(raws, reasons, strict=True))
+    return normalised
 
 
 # Python's whitespace (str.strip), for pyarrow's trim.
@@ -1027,13 +1036,13 @@ def _numbers_by_columns(
     assert table.columnar is not None
     numbers: dict[str, None] = {}
     rejects: list[Reject] = []
-    known: dict[str, str] = {}  # raw texts already rejected, with the reason
+    rejected: dict[str, str] = {}  # raw texts already rejected, with the reason
     for chunk in table.columnar(header_is_data):
         raw = chunk.columns[phone] if phone < len(chunk.columns) else None
         if raw is None:
             raise Unreadable("no such column in this chunk")
         encoded = pc.dictionary_encode(raw)
-        normalised = normalise_columns(encoded.dictionary, options.default_region, known=known)
+        normalised = _normalise_remembering(encoded.dictionary, options.default_region, rejected)
         row_e164 = pc.take(normalised.e164, encoded.indices)
         numbers.update(dict.fromkeys(pc.unique(pc.drop_null(row_e164)).to_pylist()))
         bad = pc.indices_nonzero(pc.is_null(row_e164))
@@ -1044,8 +1053,6 @@ def _numbers_by_columns(
                 if reason == "empty":  # a blank cell: nothing to add, nothing wrong
                     continue
                 rejects.append(Reject(chunk.first_row + index, value, reason))
-                if len(known) < 10_000:
-                    known[value] = reason
         if progress is not None:
             progress(chunk.position, table.total)
     return list(numbers), rejects

@@ -89,7 +89,9 @@ async def _apply_in_db(
     gate, holds = deps.apply_gate, deps.attempt_holds
     async with (
         gate.hold(urgent=urgent) if gate is not None else contextlib.nullcontext(),
-        holds.scope(wait=not urgent) if holds else contextlib.nullcontext(None) as before_lock,
+        (
+            holds.scope(wait=not urgent) if holds is not None else contextlib.nullcontext(None)
+        ) as before_lock,
         deps.sessions() as session,
         session.begin(),
     ):
