@@ -35,9 +35,12 @@ Cost. A group of events takes a fixed number of statements (`campaigns.store.cal
 each call's fold is kept in this process (`_FOLDS`) to be extended by its next events: the
 kept fold is used only when it holds exactly the events the database has applied to the
 call (the attempt row's `folded_digest`, updated in the same transaction as the events'
-applied marks, says which), and extended only by events that happened after all of them;
-anything else reads the call's history and folds it again, so the result is always
-`fold_call` over the stored set. The history is read only for those calls.
+applied marks, says which), and extended only by events that happened after all of them
+or that commute with every other (dialled, ringing, a prompt started, the hang-up: the
+urgent feed applies a call's answers before the ordinary feed applies its dialling); a
+call still queued folds from nothing. Anything else reads the call's history and folds
+it again, so the result is always `fold_call` over the stored set. The history is read
+only for those calls.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ from campaigns.enablex.events import (
     MenuTimeout,
     PlayEvent,
     PlayFinished,
+    PlayStarted,
     SpeechRecognized,
     UnknownEvent,
     parse_event,
@@ -242,12 +246,42 @@ def fold_call(
 def _fold_all(
     defn: CampaignDefinition, events: Iterable[TimedEvent], attributes: Mapping[str, Any]
 ) -> tuple[CallFold, frozenset[str], tuple[Any, ...] | None]:
-    """`fold_call`, with the keys folded and the order key of the latest event."""
-    ordered = sorted(events, key=lambda e: order_key(defn, e))
+    """`fold_call`, with the keys folded and the order key of the latest event that does
+    not commute (`_commutes`)."""
+    keyed = sorted(((order_key(defn, e), e) for e in events), key=lambda k: k[0])
     fold = CallFold()
     seen: set[str] = set()
-    _fold_into(defn, fold, seen, ordered, attributes)
-    return fold, frozenset(seen), order_key(defn, ordered[-1]) if ordered else None
+    _fold_into(defn, fold, seen, (e for _, e in keyed), attributes)
+    placed = [k for k, e in keyed if not _commutes(e.event)]
+    return fold, frozenset(seen), placed[-1] if placed else None
+
+
+def _commutes(event: Event) -> bool:
+    """Whether folding this event anywhere in the sequence gives the same fold as folding
+    it in its place: its only effects are the earliest start and answer times and the
+    furthest state (dialled, ringing, a prompt starting), which no other event reads
+    and which do not depend on order; or a hang-up, which sets the disconnect reason and
+    end time only if none is set (see `_fits` for a call with two). Not with an AMD
+    result, which can start the voicemail or the machine hang-up."""
+    return event.amd_result is None and isinstance(
+        event, CallInitiated | CallRinging | PlayStarted | CallDisconnected
+    )
+
+
+def _fits(defn: CampaignDefinition, base: _Folded, new: Iterable[TimedEvent]) -> bool:
+    """Whether `base` extended with `new` equals the fold of all their events in order:
+    every new event that does not commute happened after every such event of `base`,
+    and a hang-up comes to a fold that has none (of two hang-ups, the first in order
+    sets the reason)."""
+    for item in new:
+        if item.key in base.seen:
+            continue
+        if _commutes(item.event):
+            if isinstance(item.event, CallDisconnected) and base.fold.disconnect_reason:
+                return False
+        elif base.last is not None and order_key(defn, item) <= base.last:
+            return False
+    return True
 
 
 def _fold_into(
@@ -288,7 +322,7 @@ class _Folded:
     attributes: Mapping[str, Any]
     fold: CallFold
     seen: frozenset[str]
-    last: tuple[Any, ...] | None  # order key of the latest event folded
+    last: tuple[Any, ...] | None  # order key of the latest event folded that does not commute
 
 
 # The latest fold of each call this process applied events to (bounded, oldest out).
@@ -299,16 +333,17 @@ FOLD_CACHE_SIZE = 20_000
 def _extend(
     defn: CampaignDefinition, base: _Folded, new: list[TimedEvent], attributes: Mapping[str, Any]
 ) -> tuple[CallFold, frozenset[str], tuple[Any, ...] | None] | None:
-    """`base` folded on with `new`, when every new event happened after all of its
-    events (the usual case: the fold then equals folding everything again); else None."""
-    keys = [(order_key(defn, e), e) for e in new]
-    keys.sort(key=lambda k: k[0])
-    if base.last is not None and keys and keys[0][0] <= base.last:
+    """`base` folded on with `new`, when that equals folding everything again (`_fits`:
+    the usual case, the new events happened after those folded, or commute with them);
+    else None."""
+    if not _fits(defn, base, new):
         return None
+    keyed = sorted(((order_key(defn, e), e) for e in new), key=lambda k: k[0])
     fold = replace(base.fold, answers=dict(base.fold.answers), actions=list(base.fold.actions))
     seen = set(base.seen)
-    _fold_into(defn, fold, seen, (e for _, e in keys), attributes)
-    return fold, frozenset(seen), keys[-1][0] if keys else base.last
+    _fold_into(defn, fold, seen, (e for _, e in keyed), attributes)
+    placed = [k for k, e in keyed if not _commutes(e.event) and e.key not in base.seen]
+    return fold, frozenset(seen), placed[-1] if placed else base.last
 
 
 _MASK64 = (1 << 64) - 1
@@ -341,7 +376,7 @@ def _kept_fold(
     """The fold this process kept of the call, when it can serve: it holds exactly the
     events the database has applied to the call (the attempt row's digest, read under
     its lock, says which: another worker's apply, or a rolled-back one of ours, changes
-    it), and every new event happened after all of them. Else None: the call's history
+    it), and the new events extend it (`_fits`). Else None: the call's history
     must be read and folded again."""
     memo = _FOLDS.get(attempt.voice_id or "")
     if (
@@ -351,9 +386,18 @@ def _kept_fold(
         or memo.attributes != attributes
     ):
         return None
-    if memo.last is not None and any(order_key(defn, e) <= memo.last for e in new):
+    return memo if _fits(defn, memo, new) else None
+
+
+def _first_fold(
+    defn: CampaignDefinition, attempt: calls.AttemptRow, attributes: Mapping[str, Any]
+) -> _Folded | None:
+    """The fold of a call whose row no applied event has changed yet (still queued: every
+    event but an unknown or completion one moves it on, and those fold to nothing): an
+    empty fold, with no history to read. Else None."""
+    if attempt.state not in (None, AttemptState.QUEUED):
         return None
-    return memo
+    return _Folded(attempt.folded_digest, defn, dict(attributes), CallFold(), frozenset(), None)
 
 
 def _fold_both(
@@ -601,10 +645,12 @@ async def apply_events(
         a.id: _kept_fold(
             definitions[a.campaign_id], a, news[a.id], attributes.get(a.recipient_id, {})
         )
+        or _first_fold(definitions[a.campaign_id], a, attributes.get(a.recipient_id, {}))
         for a in attempts
     }
     # The history only of the calls whose kept fold cannot serve (new to this process,
-    # changed by another, or reached by an event from before its latest one).
+    # changed by another, or reached by an event from before its latest one) and that
+    # have one.
     history = await calls.history_of_calls(
         session, [a.voice_id for a in attempts if a.voice_id and kept[a.id] is None]
     )

@@ -14,7 +14,7 @@ import random
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,7 +27,8 @@ from campaigns import applying
 from campaigns.applying import ApplyConfig, ApplyResult, apply_events, settle_attempts
 from campaigns.config import Settings
 from campaigns.db import async_session_factory, make_async_engine
-from campaigns.enablex.events import dedupe_key
+from campaigns.definition import parse_definition
+from campaigns.enablex.events import dedupe_key, parse_event
 from campaigns.models import (
     Answer,
     Batch,
@@ -770,3 +771,115 @@ def test_the_events_digest_is_one_of_the_set() -> None:
     assert applying.events_digest([]) == 0
     assert 0 < whole < 2**63
     assert applying.events_digest([5, 17]) != applying.events_digest([5, 18])
+
+
+def _timed_events(script: Script) -> list[applying.TimedEvent]:
+    out = []
+    for data in script.events:
+        event = parse_event(data)
+        assert event.timestamp is not None
+        out.append(applying.TimedEvent(event.timestamp, event, dedupe_key(data)))
+    return out
+
+
+def _fold_in_batches(
+    defn: Any, batches: list[list[applying.TimedEvent]]
+) -> tuple[applying.CallFold, int]:
+    """The fold a worker keeps, batch after batch: extended where it can be, folded again
+    from everything so far where it cannot; and how many batches extended it."""
+    so_far = list(batches[0])
+    base = applying._Folded(0, defn, {}, *applying._fold_all(defn, so_far, {}))
+    extended = 0
+    for batch in batches[1:]:
+        so_far += batch
+        result = applying._extend(defn, base, batch, {})
+        if result is None:
+            result = applying._fold_all(defn, so_far, {})
+        else:
+            extended += 1
+        base = applying._Folded(0, defn, {}, *result)
+    return base.fold, extended
+
+
+def test_a_kept_fold_extended_out_of_order_equals_folding_everything_in_order() -> None:
+    """Events that commute (dialled, ringing, a prompt started, the hang-up) extend a kept
+    fold even when they happened before events it holds; every other event only when it
+    happened after them. Whatever the order and batching, the result is `fold_call` of
+    the whole set, and out-of-order batches do extend (no history read for them)."""
+    defn = parse_definition(campaign_toml(poll=POLL, amd='behaviour = "hangup_and_retry"'))
+    extended = 0
+    for name, (script_of, _) in SCENARIOS.items():
+        events = _timed_events(script_of("+12025550123"))
+        whole = applying.fold_call(defn, events, {})
+        for seed in range(200):
+            rng = random.Random(seed)
+            shuffled = rng.sample(events, len(events))
+            cuts = sorted(rng.sample(range(1, len(events)), rng.randint(1, len(events) - 1)))
+            batches = [shuffled[a:b] for a, b in zip([0, *cuts], [*cuts, len(events)], strict=True)]
+            fold, n = _fold_in_batches(defn, batches)
+            assert fold == whole, (name, seed)
+            extended += n
+    # the feeds' usual reordering: a prompt's answer applied before its call's dialling
+    events = _timed_events(completed("+12025550123"))
+    late_dialling = [events[2:8], events[:2], events[8:]]
+    fold, n = _fold_in_batches(defn, late_dialling)
+    assert fold == applying.fold_call(defn, events, {})
+    assert n == 2
+    assert extended > 0
+
+
+def test_of_two_hang_ups_the_first_sets_the_reason_in_any_order() -> None:
+    defn = parse_definition(campaign_toml(poll=POLL))
+    script = Script("+12025550123").answered().hangup("normal").hangup("failed")
+    events = _timed_events(script)
+    whole = applying.fold_call(defn, events, {})
+    assert whole.disconnect_reason == "normal"
+    fold, n = _fold_in_batches(defn, [events[:3], [events[4]], [events[3]]])
+    assert fold == whole
+    assert n == 1  # the earlier hang-up, after the later one: folded again
+
+
+def test_an_amd_result_on_a_ringing_event_is_folded_in_its_place() -> None:
+    defn = parse_definition(campaign_toml(poll=POLL))
+    script = Script("+12025550123").add(state="initiated").add(state="connected")
+    script.prompt("msg").add(state="ringing", amd_result="machine").hangup("cancelled")
+    events = _timed_events(script)
+    events[4] = replace(events[4], when=events[1].when - timedelta(milliseconds=1))
+    whole = applying.fold_call(defn, events, {})
+    assert whole.amd_result == "machine"
+    fold, n = _fold_in_batches(defn, [events[:4], [events[4]], events[5:]])
+    assert fold == whole
+    assert n == 1  # the ringing event with its AMD result went back in time: folded again
+
+
+async def test_a_call_whose_only_applied_events_are_unknown_ones_folds_right(
+    world_factory: Callable[..., Any],
+) -> None:
+    """An attempt still queued has nothing to fold from its history (an unknown event
+    leaves it queued): its first events are folded from nothing, and a worker that later
+    reads the history (a restart) agrees with one that kept the fold."""
+    phones = us_numbers(2)
+    world: World = await world_factory(phones)
+    snapshots = []
+    for n, phone in enumerate(phones):
+        script = completed(phone)
+        unknown = dict(script.events[0], state="on-hold-for-music")
+        unknown.pop("playstate", None)
+        result = await world.deliver([unknown])
+        assert result.applied == 1
+        assert result.quarantined == 0
+        assert (await world.snapshot(phone))["attempt"]["state"] == "queued"
+        applying._FOLDS.clear()  # a new worker process
+        for i, event in enumerate(script.events):
+            if n == 1 and i == len(script.events) - 1:
+                applying._FOLDS.clear()  # restarted before the hang-up: history read
+            await world.deliver([event])
+        snap = await world.snapshot(phone)
+        assert snap["attempt"]["outcome"] == "completed", n
+        assert [a[:3] for a in snap["answers"]] == [
+            ("again", "asr", "Yes"),
+            ("rating", "dtmf", "2"),
+        ], n
+        del snap["attempt"]["voice_id"], snap["dnc"]
+        snapshots.append(snap)
+    assert snapshots[1] == snapshots[0]
