@@ -98,18 +98,24 @@ def is_urgent(event: Event) -> bool:
 
 
 async def enqueue_apply(
-    redis: ArqRedis, queue_name: str, event_ids: list[int], *, urgent: bool = False
+    redis: ArqRedis,
+    queue_name: str,
+    event_ids: list[int],
+    *,
+    urgent: bool = False,
+    first: bool = False,
 ) -> None:
     """Hand a group of stored events to the workers: one entry (the ids, as JSON) on the
-    apply feed (`urgent`: the urgent one), which a worker pops at once
-    (`workers.event_jobs.ApplyFeed`). It is only a wake-up: the events are in SQL already,
-    and the sweeper applies any a lost Redis or a dead worker left behind: a Redis
-    failure is logged, never raised."""
+    apply feed (`urgent`: the urgent one; `first`: at its head, to be popped next), which
+    a worker pops at once (`workers.event_jobs.ApplyFeed`). It is only a wake-up: the
+    events are in SQL already, and the sweeper applies any a lost Redis or a dead worker
+    left behind: a Redis failure is logged, never raised."""
     if not event_ids:
         return
     key = feed_key(queue_name, urgent=urgent)
+    push = redis.lpush if first else redis.rpush
     try:
-        await cast(Awaitable[int], redis.rpush(key, json.dumps(event_ids)))
+        await cast(Awaitable[int], push(key, json.dumps(event_ids)))
     except (RedisError, OSError, TimeoutError) as exc:
         log.warning("could not put %d stored events on the apply feed: %r", len(event_ids), exc)
 

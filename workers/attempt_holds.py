@@ -11,15 +11,16 @@ a worker took were skipped this way: claimed, found busy, pushed back, popped an
 claimed again, and an urgent event so skipped went to the back of its feed.
 
 `AttemptHolds` is an in-process table of the attempts being applied. Before locking, an
-apply takes all of its attempts at once, waiting while any of them is taken by another
-ordinary apply of this process; it gives them back after its transaction ends. Urgent
-applies (a person may be waiting for the next prompt) keep the old way both ways: they
-never wait, taking the attempts that are free, and nothing waits for them (the calls
-they hold are handed back by `SKIP LOCKED`, as before). An apply takes its
-attempts once and waits before it holds any attempt lock, so two applies never wait for
-each other in a circle. The wait is bounded (`MAX_WAIT_SECONDS`): past it, the apply
-goes on with the attempts that are free, and `SKIP LOCKED` decides as before.
-PostgreSQL only: on SQLite one apply at a time holds the whole database (`ApplyGate`).
+apply takes all of its attempts at once, waiting while any of them is taken by an apply
+it must give way to; it gives them back after its transaction ends. An ordinary apply
+gives way to every other apply of this process; an urgent one (a person may be waiting
+for the next prompt) only to another urgent one, short by nature, and never to the large
+groups of a backlog: calls an ordinary apply holds are left to `SKIP LOCKED` and handed
+back. An apply takes its attempts once and waits before it holds any attempt lock, so
+two applies never wait for each other in a circle. The wait is bounded
+(`MAX_WAIT_SECONDS`): past it, the apply goes on with the attempts that are free, and
+`SKIP LOCKED` decides as before. PostgreSQL only: on SQLite one apply at a time holds
+the whole database (`ApplyGate`).
 """
 
 from __future__ import annotations
@@ -33,10 +34,24 @@ MAX_WAIT_SECONDS = 2.0
 Acquire = Callable[[Collection[int]], Awaitable[None]]
 
 
+class Scope:
+    """One apply's share of the table: `acquire(attempt_ids)`, and what it left."""
+
+    def __init__(self, acquire: Acquire) -> None:
+        self.acquire = acquire
+        # The release of each apply of this process that held attempts this one wanted
+        # and went on without (an urgent apply does not wait for an ordinary one): the
+        # events of those calls can be tried again once these are set.
+        self.passed: set[asyncio.Event] = set()
+
+    def __call__(self, attempt_ids: Collection[int]) -> Awaitable[None]:
+        return self.acquire(attempt_ids)
+
+
 class AttemptHolds:
     def __init__(self, *, max_wait: float = MAX_WAIT_SECONDS) -> None:
         self.max_wait = max_wait
-        # attempt id -> (set when given back, whether its holder is an ordinary apply)
+        # attempt id -> (set when given back, whether its holder is an urgent apply)
         self._held: dict[int, tuple[asyncio.Event, bool]] = {}
         self.waits = 0  # acquisitions that had to wait
 
@@ -44,26 +59,27 @@ class AttemptHolds:
         return set(self._held)
 
     @asynccontextmanager
-    async def scope(self, *, wait: bool = True) -> AsyncIterator[Acquire]:
+    async def scope(self, *, urgent: bool = False) -> AsyncIterator[Scope]:
         """For one apply transaction: yields `acquire(attempt_ids)`, to be awaited once
         before the attempts are locked; what it took is given back when the block ends.
-        An ordinary apply waits only for other ordinary applies (the backlog's groups);
-        attempts an urgent apply holds are left to `SKIP LOCKED` (it gives way, as it did
-        before). `wait=False` (an urgent apply: a person may be waiting for its next
-        prompt): take the attempts that are free at once and leave the others to `SKIP
-        LOCKED`, rather than wait behind a large apply of the other feed."""
+        An ordinary apply waits while any other apply of this process holds one of its
+        attempts. An `urgent` one waits only for other urgent ones; it takes at once the
+        attempts that only an ordinary apply holds from it, rather than wait behind a
+        backlog's group, and leaves them to `SKIP LOCKED` (`Scope.passed` says when
+        they are free again)."""
         released = asyncio.Event()
         mine: list[int] = []
+        scope: Scope
 
         async def acquire(attempt_ids: Collection[int]) -> None:
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + (self.max_wait if wait else 0.0)
+            deadline = loop.time() + self.max_wait
             waited = False
             while True:
                 taken = {
                     holder[0]
                     for i in attempt_ids
-                    if (holder := self._held.get(i)) is not None and holder[1]
+                    if (holder := self._held.get(i)) is not None and (holder[1] or not urgent)
                 }
                 if not taken:
                     break
@@ -81,12 +97,16 @@ class AttemptHolds:
                         future.cancel()
             self.waits += waited
             for attempt_id in attempt_ids:
-                if attempt_id not in self._held:
-                    self._held[attempt_id] = (released, wait)
+                holder = self._held.get(attempt_id)
+                if holder is None:
+                    self._held[attempt_id] = (released, urgent)
                     mine.append(attempt_id)
+                else:
+                    scope.passed.add(holder[0])
 
+        scope = Scope(acquire)
         try:
-            yield acquire
+            yield scope
         finally:
             for attempt_id in mine:
                 if self._held.get(attempt_id, (None,))[0] is released:

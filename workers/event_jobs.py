@@ -16,7 +16,9 @@ other events never stands between a person's answer and the next question (on SQ
 which has one writer, the applies of a worker take turns, urgent ones first:
 `workers.apply_gate`). Events whose call another process's transaction holds are
 skipped, not waited for, and pushed back on the feed they came from a moment later; on
-PostgreSQL an ordinary group waits instead for this worker's own apply of the same calls
+PostgreSQL a group waits instead for this worker's own applies of the same calls, an
+urgent one only for urgent ones, and an urgent event that one of the worker's ordinary
+applies held goes back at the head of its feed the moment that apply ends
 (`workers.attempt_holds`). Groups that must
 wait (events of a broadcast not recorded yet) or hit a database error go on as
 `apply_events` arq jobs with backoff, which keep the group's urgency. The cron
@@ -31,7 +33,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from datetime import timedelta
 from typing import Any, cast
 
@@ -46,6 +48,7 @@ from campaigns.enablex.client import PlaySpec
 from campaigns.errors import TransientEnablexError
 from campaigns.store import events as store
 from campaigns.webhooks import APPLY_JOB, apply_job_id, enqueue_apply, feed_key
+from workers.attempt_holds import MAX_WAIT_SECONDS
 from workers.context import Deps, deps_of
 
 log = logging.getLogger(__name__)
@@ -79,25 +82,31 @@ async def _apply(deps: Deps, event_ids: list[int], *, urgent: bool = False) -> a
 
 
 async def _apply_in_db(
-    deps: Deps, event_ids: list[int], *, urgent: bool = False
+    deps: Deps,
+    event_ids: list[int],
+    *,
+    urgent: bool = False,
+    passed: set[asyncio.Event] | None = None,
 ) -> applying.ApplyResult:
     """Apply the events in one transaction, committed on return (on SQLite, one such
     transaction at a time in this process, urgent groups first: `workers.apply_gate`; on
     PostgreSQL, waiting for this process's other applies of the same calls rather than
-    skipping them: `workers.attempt_holds`)."""
+    skipping them: `workers.attempt_holds`). `passed` gets the releases of this process's
+    applies that held calls this one went on without (`Scope.passed`)."""
     config = apply_config(deps.settings)
     gate, holds = deps.apply_gate, deps.attempt_holds
     async with (
         gate.hold(urgent=urgent) if gate is not None else contextlib.nullcontext(),
-        (
-            holds.scope(wait=not urgent) if holds is not None else contextlib.nullcontext(None)
-        ) as before_lock,
+        holds.scope(urgent=urgent) if holds is not None else contextlib.nullcontext(None) as scope,
         deps.sessions() as session,
         session.begin(),
     ):
-        return await applying.apply_events(
-            session, event_ids, now=deps.clock(), config=config, before_lock=before_lock
+        result = await applying.apply_events(
+            session, event_ids, now=deps.clock(), config=config, before_lock=scope
         )
+        if scope is not None and passed is not None:
+            passed |= scope.passed
+        return result
 
 
 async def _follow_up(deps: Deps, result: applying.ApplyResult) -> None:
@@ -330,15 +339,20 @@ class ApplyFeed:
         # load, the commands queued up, and a live call's next prompt waited behind
         # thousands of others until the person hung up (bench/ingest_bench.py).
         try:
+            passed: set[asyncio.Event] = set()
             try:
-                result = await _apply_in_db(self.deps, ids, urgent=self.urgent)
+                result = await _apply_in_db(self.deps, ids, urgent=self.urgent, passed=passed)
             except SQLAlchemyError as exc:  # a deadlock or a lost connection: a job retries
                 log.warning("applying events failed (%s): handed to a job", exc.__class__.__name__)
                 await self._enqueue(ids, 0.1)
                 return
             self.applied += result.applied
             self.applies += 1
-            if result.busy:
+            if result.busy and passed:
+                # Calls another apply of this worker holds (an urgent group behind a
+                # backlog's): back at the head of the feed the moment it ends.
+                self._spawn(self._push_back_after(passed, result.busy))
+            elif result.busy:
                 asyncio.get_running_loop().call_later(
                     BUSY_DEFER_SECONDS, self._push_back, result.busy
                 )
@@ -355,7 +369,23 @@ class ApplyFeed:
         """Events whose calls another transaction held: back on the feed, for whichever
         worker pops them next."""
         queue = self.deps.settings.queue_name
-        task = asyncio.create_task(enqueue_apply(self.redis, queue, ids, urgent=self.urgent))
+        self._spawn(enqueue_apply(self.redis, queue, ids, urgent=self.urgent))
+
+    async def _push_back_after(self, releases: set[asyncio.Event], ids: list[int]) -> None:
+        """Events whose calls other applies of this worker held: at the head of the feed
+        once those applies have ended (or after `MAX_WAIT_SECONDS`), to be taken next.
+        No slot is held meanwhile."""
+        waiting = [asyncio.ensure_future(release.wait()) for release in releases]
+        try:
+            await asyncio.wait(waiting, timeout=MAX_WAIT_SECONDS)
+        finally:
+            for future in waiting:
+                future.cancel()
+        queue = self.deps.settings.queue_name
+        await enqueue_apply(self.redis, queue, ids, urgent=self.urgent, first=True)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._done)
 

@@ -550,6 +550,34 @@ async def test_a_worker_apply_waits_for_its_own_other_apply_of_the_call_not_skip
         assert holds.held() == set()
 
 
+async def test_an_urgent_event_held_by_the_workers_backlog_apply_goes_first_once_it_ends(
+    world_factory: Callable[..., Any], database_url: str, redis_url: str
+) -> None:
+    """The urgent feed does not wait for an ordinary apply of its own worker (a backlog's
+    large group), and does not send the event it found held to the back of the feed: it
+    goes back at the head, the moment that apply ends."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite: one writer holds the whole database, there are no row locks")
+    world, phone, events = await _connected_call(world_factory)
+    ids = await world.store(events[2:3])
+    async with worker_deps(database_url, redis_url) as deps:
+        holds = deps.attempt_holds
+        assert holds is not None
+        key = feed_key(deps.settings.queue_name, urgent=True)
+        await deps.redis.rpush(key, json.dumps([10**12]))  # another group, already waiting
+        feed = event_jobs.ApplyFeed(deps, deps.redis, concurrency=1, urgent=True)
+        async with holds.scope() as ordinary, world.holding(phone):
+            await ordinary([world.attempts[phone]])
+            await feed._slots.acquire()
+            await asyncio.wait_for(feed._apply(ids), timeout=10)
+            await asyncio.sleep(0.3)
+            assert await deps.redis.lrange(key, 0, -1) == [b"[1000000000000]"]
+        await asyncio.sleep(0.3)
+        assert [json.loads(i) for i in await deps.redis.lrange(key, 0, -1)] == [ids, [10**12]]
+        await feed.close()
+    assert feed.applied == 0
+
+
 async def test_an_overlong_disconnect_reason_is_cut_and_fails_nothing_else(
     world_factory: Callable[..., Any],
 ) -> None:

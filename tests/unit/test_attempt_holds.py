@@ -46,14 +46,20 @@ async def test_an_apply_waits_for_another_apply_of_the_same_calls_and_not_for_ot
     assert holds.held() == set()
 
 
-async def test_an_urgent_apply_takes_what_is_free_at_once() -> None:
+async def test_an_urgent_apply_takes_at_once_what_only_an_ordinary_one_holds() -> None:
+    """It does not wait behind a backlog's group: it goes on with the calls that are free,
+    and its scope keeps the release of the apply it passed over."""
     holds = AttemptHolds()
-    async with holds.scope() as acquire:
-        await acquire([1, 2])
-        async with holds.scope(wait=False) as urgent:
+    async with holds.scope() as ordinary:
+        await ordinary([1, 2])
+        async with holds.scope(urgent=True) as urgent:
             await asyncio.wait_for(urgent([2, 3]), timeout=0.5)
             assert holds.held() == {1, 2, 3}
+            assert len(urgent.passed) == 1
+            (release,) = urgent.passed
+            assert not release.is_set()
         assert holds.held() == {1, 2}  # 2 stays with the apply that took it first
+    assert release.is_set()
     assert holds.held() == set()
     assert holds.waits == 0
 
@@ -77,14 +83,36 @@ async def test_the_wait_is_bounded_and_a_failed_apply_gives_its_calls_back() -> 
     assert holds.waits == 1
 
 
-async def test_an_ordinary_apply_does_not_wait_for_an_urgent_one() -> None:
-    """Calls an urgent apply holds are left to SKIP LOCKED, as before: the ordinary
-    apply goes on at once and takes only what is free."""
+@pytest.mark.parametrize(("first_urgent", "second_urgent"), [(True, False), (True, True)])
+async def test_an_apply_waits_for_an_urgent_one_of_the_same_calls(
+    first_urgent: bool, second_urgent: bool
+) -> None:
+    """An urgent apply is short: an ordinary apply, or another urgent one, waits for it
+    rather than find its calls locked and hand its events back."""
     holds = AttemptHolds()
-    async with holds.scope(wait=False) as urgent:
-        await urgent([1])
-        async with holds.scope() as ordinary:
-            await asyncio.wait_for(ordinary([1, 2]), timeout=0.5)
-            assert holds.held() == {1, 2}
-        assert holds.held() == {1}
-    assert holds.waits == 0
+    order: list[str] = []
+    first_holds = asyncio.Event()
+    first_may_end = asyncio.Event()
+
+    async def first() -> None:
+        async with holds.scope(urgent=first_urgent) as acquire:
+            await acquire([1])
+            first_holds.set()
+            await first_may_end.wait()
+            order.append("first ends")
+
+    async def second() -> None:
+        async with holds.scope(urgent=second_urgent) as acquire:
+            await acquire([1, 2])
+            order.append("second goes on")
+            assert not acquire.passed
+
+    running = asyncio.create_task(first())
+    await first_holds.wait()
+    waiting = asyncio.create_task(second())
+    await asyncio.sleep(0.05)
+    assert order == []
+    first_may_end.set()
+    await asyncio.wait_for(asyncio.gather(running, waiting), timeout=1)
+    assert order == ["first ends", "second goes on"]
+    assert holds.waits == 1
