@@ -239,14 +239,16 @@ class EnablexClient:
         command_http: httpx.AsyncClient | None = None,
         command_transport: KeepAliveTransport | None = None,
     ) -> None:
-        """`max_in_flight`: most requests handed to `http` at once (the others wait here,
-        in order): keep it at the pool's connection limit, as httpcore's pool does work
-        per queued request for every request it assigns (quadratic in a long queue: seen
-        with thousands of IVR commands at once). `command_http`: the client for the IVR
-        commands (play, hang up), when they should go another way than the broadcasts.
-        `command_transport`: instead, a `KeepAliveTransport` the commands are sent on
-        directly, without httpx's client, request and response objects (what the worker
-        does: about a sixth of the CPU per command, bench/ingest_bench.py)."""
+        """`max_in_flight`: most requests handed to `http` (or `command_http`) at once
+        (the others wait here, in order): keep it at the pool's connection limit, as
+        httpcore's pool does work per queued request for every request it assigns
+        (quadratic in a long queue: seen with thousands of IVR commands at once).
+        `command_http`: the client for the IVR commands (play, hang up), when they should
+        go another way than the broadcasts. `command_transport`: instead, a
+        `KeepAliveTransport` the commands are sent on directly, without httpx's client,
+        request and response objects (what the worker does: about a sixth of the CPU per
+        command, bench/ingest_bench.py); they wait for its connections, not for
+        `max_in_flight`."""
         self._http = http
         self._command_http = command_http or http
         self._command_transport = command_transport
@@ -404,11 +406,14 @@ class EnablexClient:
         content = json.dumps(body, separators=(",", ":")).encode() if body is not None else None
         log.debug("EnableX %s%s", what, f" ({note})" if note else "")
         started = time.perf_counter()
+        # Commands on the keep-alive transport wait for its own connections, not behind
+        # the broadcasts' slots.
+        slots = None if command and self._command_transport is not None else self._slots
         try:
-            if self._slots is None:
+            if slots is None:
                 response = await self._request(method, path, content, command=command)
             else:
-                async with self._slots:
+                async with slots:
                     response = await self._request(method, path, content, command=command)
         except _NOT_SENT_ERRORS as exc:
             raise TransientEnablexError(f"{what}: {_describe(exc)}") from exc

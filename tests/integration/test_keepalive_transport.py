@@ -288,3 +288,56 @@ async def test_exchange_refuses_line_breaks_in_headers_and_spaces_in_the_path() 
     await transport.aclose()
     with pytest.raises(httpx.ConnectError):
         await transport.exchange("DELETE", "http://127.0.0.1:9/x", {})
+
+
+async def test_a_command_does_not_wait_behind_a_slow_broadcast_for_a_slot() -> None:
+    """The broadcasts' requests share `max_in_flight` slots; the IVR commands on the
+    keep-alive transport wait only for its connections: a person's next question is not
+    held up by a submission the platform is slow to answer."""
+    release = asyncio.Event()
+    posted = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                request = await _read_request(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            if request.startswith(b"POST"):
+                posted.set()
+                await release.wait()
+                writer.write(_answer(b'{"voice_id":"v-1","state":"initiated"}'))
+            else:
+                writer.write(_answer(b'{"playstate":"initiated","play_id":"p-1"}'))
+            await writer.drain()
+        writer.close()
+
+    async for base in _serve(handler):
+        transport = KeepAliveTransport(max_connections=4)
+        async with httpx.AsyncClient(timeout=10) as http:
+            client = EnablexClient(
+                http,
+                base_url=base,
+                app_id="app",
+                app_key="key",
+                max_in_flight=1,
+                command_transport=transport,
+            )
+            spec = PlaySpec(text="Hello", prompt_ref="msg")
+            slow = asyncio.create_task(
+                client.make_call(
+                    name="n",
+                    owner_ref="o",
+                    caller_id="+12025550100",
+                    to="+12025550101",
+                    play=spec,
+                    event_url="http://127.0.0.1/hook",
+                )
+            )
+            await asyncio.wait_for(posted.wait(), timeout=5)
+            started = await asyncio.wait_for(client.play("b-1", "v-1", spec), timeout=5)
+            assert started.play_id == "p-1"
+            assert not slow.done()
+            release.set()
+            assert (await asyncio.wait_for(slow, timeout=5)).voice_id == "v-1"
+        await transport.aclose()
