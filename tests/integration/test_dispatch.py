@@ -53,6 +53,7 @@ async def _dispatch_until_empty(
 ) -> int:
     pacer = Pacer(redis)
     claimed = 0
+    idle = 0
     for _ in range(200):
         results = await asyncio.gather(
             *(
@@ -62,8 +63,14 @@ async def _dispatch_until_empty(
         )
         got = sum(r.claimed for r in results)
         claimed += got
-        if got == 0:
+        idle = idle + 1 if got == 0 else 0
+        if idle == (1 if parallel == 1 else 2):
             break
+        if got == 0:
+            # Nothing claimed by parallel dispatchers: done, or every slot within the
+            # pacer's horizon is taken (slots one of them could not use and not give back,
+            # on a slow machine): look again once it has passed.
+            await asyncio.sleep(pacer.horizon)
     return claimed
 
 
