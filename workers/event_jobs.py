@@ -231,6 +231,9 @@ APPLY_CONCURRENCY = 3
 URGENT_CONCURRENCY = 2
 # Most event ids one apply takes when merging groups that wait on the feed.
 APPLY_GROUP = 500
+# Groups taken from the feed per Redis round trip when merging (one round trip per group
+# before: under a backlog a merge gathers many of the ingester's small commit groups).
+MERGE_POP = 16
 # How long events whose call another apply held wait before they are tried again.
 BUSY_DEFER_SECONDS = 0.02
 
@@ -303,27 +306,34 @@ class ApplyFeed:
     async def _more(self, room: int) -> list[int]:
         """Groups already waiting behind the one popped, merged into it up to `room` ids
         (a backlog is applied in fewer, larger transactions: the cost of an apply is
-        mostly per statement, not per event). Takes only what is there: no waiting."""
+        mostly per statement, not per event). Takes only what is there: no waiting. Pops
+        up to `MERGE_POP` groups per Redis round trip; those that do not fit go back to
+        the head of the feed, in their order."""
         ids: list[int] = []
         while len(ids) < room:
             try:
-                item = await cast(Awaitable[bytes | None], self.redis.lpop(self.key))
+                items = await cast(
+                    Awaitable[list[bytes] | None], self.redis.lpop(self.key, MERGE_POP)
+                )
             except (RedisError, OSError) as exc:
                 log.warning("apply feed: %r", exc)
                 break
-            if item is None:
-                break
-            more = [int(i) for i in json.loads(item)]
-            if len(ids) + len(more) > room:
-                # Too big to merge: back to the head of the feed, for the next pop (or,
-                # if Redis fails now, applied with this group rather than lost).
-                try:
-                    await cast(Awaitable[int], self.redis.lpush(self.key, item))
-                except (RedisError, OSError) as exc:
-                    log.warning("apply feed: %r", exc)
-                    ids += more
-                break
-            ids += more
+            items = items or []
+            for n, item in enumerate(items):
+                more = [int(i) for i in json.loads(item)]
+                if len(ids) + len(more) > room:
+                    # Too big to merge: back to the head of the feed, for the next pop (or,
+                    # if Redis fails now, applied with this group rather than lost).
+                    rest = items[n:]
+                    try:
+                        await cast(Awaitable[int], self.redis.lpush(self.key, *reversed(rest)))
+                    except (RedisError, OSError) as exc:
+                        log.warning("apply feed: %r", exc)
+                        ids += [int(i) for entry in rest for i in json.loads(entry)]
+                    return ids
+                ids += more
+            if len(items) < MERGE_POP:
+                break  # the feed is empty
         return ids
 
     def _done(self, task: asyncio.Task[Any]) -> None:

@@ -22,7 +22,13 @@ from campaigns.store import events as store
 from campaigns.webhooks import feed_key
 from tests.integration.factories import running_workers
 from workers.context import Deps, build_deps, close_deps
-from workers.event_jobs import APPLY_GROUP, SWEEP_BACKLOG_LIMIT, ApplyFeed, sweep_events
+from workers.event_jobs import (
+    APPLY_GROUP,
+    MERGE_POP,
+    SWEEP_BACKLOG_LIMIT,
+    ApplyFeed,
+    sweep_events,
+)
 
 
 def _event(i: int, age: timedelta = timedelta(hours=1)) -> store.NewEvent:
@@ -103,6 +109,36 @@ async def test_waiting_groups_are_merged_into_one_apply_and_none_is_lost(
     assert feed.applies == 2  # the five small groups in one apply, the big one alone
     assert await redis.llen(key) == 0
     await redis.aclose()
+
+
+async def test_a_merge_takes_the_groups_that_fit_and_leaves_the_rest_in_order(
+    database_url: str, redis_url: str
+) -> None:
+    """Groups are popped several per round trip; the first that does not fit and every
+    group behind it go back to the head of the feed in the order they came."""
+    settings, _ = await _stored(database_url, redis_url, 0)
+    redis = await create_pool(RedisSettings.from_dsn(redis_url))
+    key = feed_key(settings.queue_name)
+    groups = [[1, 2], [3, 4, 5], list(range(10, 10 + APPLY_GROUP)), [6], [7, 8]]
+    groups += [[100 + i] for i in range(MERGE_POP * 2)]
+    for group in groups:
+        await redis.rpush(key, json.dumps(group))
+    deps = await build_deps(settings, redis)
+    try:
+        feed = ApplyFeed(deps, redis, concurrency=1)
+        assert await feed._more(APPLY_GROUP) == [1, 2, 3, 4, 5]
+        left = [json.loads(item) for item in await redis.lrange(key, 0, -1)]
+        assert left == groups[2:]
+        await redis.delete(key)
+        for group in groups[3:]:
+            await redis.rpush(key, json.dumps(group))
+        # more than one round trip's worth, all of it fitting: everything, in order
+        assert await feed._more(APPLY_GROUP) == [i for g in groups[3:] for i in g]
+        assert await redis.llen(key) == 0
+    finally:
+        await close_deps(deps)
+        await redis.delete(key)
+        await redis.aclose()
 
 
 async def test_the_sweeper_leaves_a_backlog_to_the_feed_and_sweeps_once_it_is_gone(
