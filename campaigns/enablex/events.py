@@ -448,16 +448,7 @@ def dedupe_key(data: Mapping[str, Any], *, amd_field: str = AMD_FIELD) -> str:
     """
     if not isinstance(data, Mapping):
         return f"{DEDUPE_KEY_VERSION}:" + hashlib.sha256(repr(data).encode()).hexdigest()
-
-    def norm(value: object) -> object:
-        if isinstance(value, str):
-            return value.strip()
-        if isinstance(value, bool) or value is None:
-            return value
-        if isinstance(value, int | float):
-            return str(value)
-        return value
-
+    norm = _norm
     timestamp = parse_timestamp(data.get("timestamp"))
     state = data.get("state")
     playstate = data.get("playstate")
@@ -483,7 +474,23 @@ def dedupe_key(data: Mapping[str, Any], *, amd_field: str = AMD_FIELD) -> str:
             timestamp.isoformat() if timestamp is not None else norm(data.get("timestamp")),
         ),
     ]
-    canonical = json.dumps(
-        parts, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=repr
-    )
+    canonical = _CANONICAL.encode(parts)
     return f"{DEDUPE_KEY_VERSION}:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+# `json.dumps` with these arguments, without building an encoder for every key (the
+# ingester computes one key per delivery).
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=repr
+)
+
+
+def _norm(value: object) -> object:
+    """A field of the dedupe key: text stripped, numbers as text (`3` and `"3"` agree)."""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int | float):
+        return str(value)
+    return value

@@ -448,6 +448,70 @@ def test_dedupe_key_is_stable_and_fits_the_column() -> None:
     assert len(key) <= 128  # webhook_event.dedupe_key is String(128)
 
 
+# Keys as stored by this version: a delivery redelivered after an upgrade must get the
+# key its first copy was stored under, or it is stored (and applied) twice.
+STORED_KEYS = [
+    (
+        {
+            "voice_id": "v-1",
+            "broadcast_id": "b-1",
+            "from": "12025550100",
+            "to": "12025550123",
+            "state": "connected",
+            "amd_result": "human",
+            "timestamp": "2024-05-01T10:00:00.400Z",
+        },
+        "ev1:58fefeee48e8b75a978e369b257423bc9de045305c1af13fff21fcb67bd11e40",
+    ),
+    (
+        {
+            "voice_id": "v-1",
+            "broadcast_id": "b-1",
+            "playstate": "digitcollected",
+            "prompt_ref": "q:rating:1",
+            "play_id": "p-1",
+            "digit": 7,
+            "timestamp": "2024-05-01T12:00:01+02:00",
+        },
+        "ev1:7aba946907ef74cc6def6080193141dad28edd6007c419b6dc450289145d07dd",
+    ),
+    (
+        {
+            "voice_id": " v-2 ",
+            "state": "Disconnected",
+            "disconnect_reason": "NO_ANSWER",
+            "attempt": 2,
+            "timestamp": "not a time",
+        },
+        "ev1:3c30397b6682985e993e0c5ac6cfb759f363734753b1ecf7a8d6f7ff2af6bdfb",
+    ),
+    (
+        {
+            "voice_id": "v-3",
+            "playstate": "speech_recognized",
+            "text": "Oui, très bien",
+            "reason": "RecognizedSpeech",
+            "confidence": 0.9,
+            "resultSet": {"n": [1, 2.5, None, True]},
+        },
+        "ev1:d886401bd76bb656203bb371bd32b1dd2b0aa4d266512a85d386dcecdc3ac8bb",
+    ),
+    (
+        {"broadcast_id": "b-9", "broadcast_call_info": {"total": 3, "answered": 1}},
+        "ev1:26bae465b1c04dea41101de6e59549d67f4ee899847ce5233a5aff68b39c624c",
+    ),
+    (
+        ["not", "a", "mapping"],
+        "ev1:79ce86c59b88a96fa755f2571ff45b0374be324392686754ba9786e0178b71a0",
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "key"), STORED_KEYS)
+def test_dedupe_key_is_the_one_stored_events_have(data: Any, key: str) -> None:
+    assert dedupe_key(data) == key
+
+
 def test_dedupe_key_uses_the_amd_field_setting() -> None:
     a = ev(state="connected", amd="human")
     b = ev(state="connected", amd="machine")
