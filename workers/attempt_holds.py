@@ -60,13 +60,13 @@ class AttemptHolds:
 
     @asynccontextmanager
     async def scope(self, *, urgent: bool = False) -> AsyncIterator[Scope]:
-        """For one apply transaction: yields `acquire(attempt_ids)`, to be awaited once
-        before the attempts are locked; what it took is given back when the block ends.
-        An ordinary apply waits while any other apply of this process holds one of its
-        attempts. An `urgent` one waits only for other urgent ones; it takes at once the
-        attempts that only an ordinary apply holds from it, rather than wait behind a
-        backlog's group, and leaves them to `SKIP LOCKED` (`Scope.passed` says when
-        they are free again)."""
+        """For one apply transaction: yields a `Scope`, called once with the apply's
+        attempt ids just before they are locked; what it took is given back when the
+        block ends. An ordinary apply waits while any other apply of this process holds
+        one of its attempts. An `urgent` one waits only for other urgent ones: it goes on
+        without the attempts an ordinary apply holds, rather than wait behind a
+        backlog's group, and leaves them to `SKIP LOCKED` (`Scope.passed` says when they
+        are free again)."""
         released = asyncio.Event()
         mine: list[int] = []
         scope: Scope
