@@ -419,10 +419,13 @@ async def max_event_id(url: str) -> int:
     return int(found or 0)
 
 
-# The events of the urgent feed (`campaigns.webhooks.is_urgent`), by their wire fields.
+# The events of the urgent feed (`campaigns.webhooks.is_urgent`), by their wire fields:
+# the urgent kinds, and any other but a hang-up that carries an AMD result.
 URGENT_SQL = (
     "payload->>'state' = 'connected' OR payload->>'playstate' IN "
-    "('playfinished', 'digitcollected', 'speech_recognized', 'menutimeout')"
+    "('playfinished', 'digitcollected', 'speech_recognized', 'menutimeout') "
+    "OR (payload->>'amd_result' IS NOT NULL "
+    "AND payload->>'state' IS DISTINCT FROM 'disconnected')"
 )
 
 

@@ -299,9 +299,7 @@ class ApplyFeed:
         ids = [int(i) for i in json.loads(item[1])]
         if len(ids) < APPLY_GROUP:
             ids += await self._more(APPLY_GROUP - len(ids))
-        task = asyncio.create_task(self._apply(ids))
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
+        self._spawn(self._apply(ids))
 
     async def _more(self, room: int) -> list[int]:
         """Groups already waiting behind the one popped, merged into it up to `room` ids

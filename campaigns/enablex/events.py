@@ -448,30 +448,32 @@ def dedupe_key(data: Mapping[str, Any], *, amd_field: str = AMD_FIELD) -> str:
     """
     if not isinstance(data, Mapping):
         return f"{DEDUPE_KEY_VERSION}:" + hashlib.sha256(repr(data).encode()).hexdigest()
-    norm = _norm
     timestamp = parse_timestamp(data.get("timestamp"))
     state = data.get("state")
     playstate = data.get("playstate")
     parts: list[tuple[str, object]] = [
-        ("voice_id", norm(data.get("voice_id"))),
-        ("broadcast_id", norm(data.get("broadcast_id"))),
-        ("from", norm(data.get("from"))),
-        ("to", norm(data.get("to"))),
-        ("state", state.strip().lower() if isinstance(state, str) else norm(state)),
-        ("playstate", playstate.strip().lower() if isinstance(playstate, str) else norm(playstate)),
-        ("attempt", norm(data.get("attempt"))),
+        ("voice_id", _norm(data.get("voice_id"))),
+        ("broadcast_id", _norm(data.get("broadcast_id"))),
+        ("from", _norm(data.get("from"))),
+        ("to", _norm(data.get("to"))),
+        ("state", state.strip().lower() if isinstance(state, str) else _norm(state)),
+        (
+            "playstate",
+            playstate.strip().lower() if isinstance(playstate, str) else _norm(playstate),
+        ),
+        ("attempt", _norm(data.get("attempt"))),
         ("disconnect_reason", normalise_disconnect_reason(data.get("disconnect_reason"))),
-        ("amd", norm(data.get(amd_field))),
-        ("prompt_ref", norm(data.get("prompt_ref"))),
-        ("play_id", norm(data.get("play_id"))),
-        ("digits", norm(data.get("digits", data.get("digit")))),
-        ("text", norm(data.get("text"))),
-        ("reason", norm(data.get("reason"))),
+        ("amd", _norm(data.get(amd_field))),
+        ("prompt_ref", _norm(data.get("prompt_ref"))),
+        ("play_id", _norm(data.get("play_id"))),
+        ("digits", _norm(data.get("digits", data.get("digit")))),
+        ("text", _norm(data.get("text"))),
+        ("reason", _norm(data.get("reason"))),
         ("call_info", data.get("broadcast_call_info")),
         ("result_set", data.get("resultSet")),
         (
             "timestamp",
-            timestamp.isoformat() if timestamp is not None else norm(data.get("timestamp")),
+            timestamp.isoformat() if timestamp is not None else _norm(data.get("timestamp")),
         ),
     ]
     canonical = _CANONICAL.encode(parts)
