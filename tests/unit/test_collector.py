@@ -10,6 +10,13 @@ import pytest
 from campaigns import collector
 
 
+class Node:
+    """A reference cycle: only the cyclic collector frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
 @pytest.fixture
 def restored_collector() -> Iterator[None]:
     thresholds, enabled = gc.get_threshold(), gc.isenabled()
@@ -22,10 +29,6 @@ def restored_collector() -> Iterator[None]:
 def test_a_service_freezes_its_start_up_heap_and_collects_young_objects_less_often(
     restored_collector: None,
 ) -> None:
-    class Node:
-        def __init__(self) -> None:
-            self.me = self
-
     before = gc.get_freeze_count()
     Node()  # a cycle that is garbage already: collected, not frozen
     collector.for_service()
@@ -52,3 +55,40 @@ def test_paused_restores_the_collector_as_it_was(restored_collector: None, was_o
         fail_inside()
     assert seen == [False]
     assert gc.isenabled() is was_on
+
+
+class _Kept:
+    """A tracked object made inside the paused block and kept alive after it."""
+
+
+def test_what_survives_a_pause_goes_to_the_oldest_generation_unwalked(
+    restored_collector: None,
+) -> None:
+    """Turned back on, the collector must not walk everything the block made (an import's
+    memo, the modules it loaded) at the next allocation: it finds them old already."""
+    gc.enable()
+    with collector.paused():
+        kept = [_Kept() for _ in range(5_000)]
+    assert gc.get_count()[0] < 700  # no collection is due at the next allocation
+    assert any(o is kept[0] for o in gc.get_objects(generation=2))
+    assert not any(o is kept[0] for o in gc.get_objects(generation=0))
+    assert gc.isenabled()
+
+
+def test_a_pause_in_a_service_keeps_its_frozen_heap_frozen(restored_collector: None) -> None:
+    collector.for_service()
+    frozen = gc.get_freeze_count()
+    with collector.paused():
+        kept = _Kept()
+    assert gc.get_freeze_count() == frozen
+    assert any(o is kept for o in gc.get_objects(generation=0))
+
+
+def test_a_cycle_made_in_a_pause_is_still_collected_once_dropped(
+    restored_collector: None,
+) -> None:
+    with collector.paused():
+        node = Node()
+    del node
+    gc.collect()
+    assert not any(isinstance(o, Node) for o in gc.get_objects())
