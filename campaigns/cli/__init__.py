@@ -1,7 +1,11 @@
-"""The `campaign` command. Each concern registers its subcommands from its own module."""
+"""The `campaign` command. Each concern registers its subcommands from its own module,
+loaded when one of its commands runs (`COMMAND_MODULES`): `campaign import` does not load
+the simulator, the ingester or the reports (the CLI started in 1.4 s when it loaded them
+all)."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -13,9 +17,38 @@ from campaigns import __version__
 from campaigns.config import Settings
 from campaigns.errors import CampaignError
 
+# command -> the module of campaigns.cli whose `register(main)` adds it (with its siblings)
+COMMAND_MODULES = {
+    "import": "imports",
+    "dnc": "imports",
+    "simulator": "simulator",
+    "create": "campaign",
+    "start": "campaign",
+    "pause": "campaign",
+    "resume": "campaign",
+    "cancel": "campaign",
+    "list": "campaign",
+    "status": "campaign",
+    "worker": "worker",
+    "webhooks": "webhooks",
+    "report": "report",
+    "export": "report",
+    "demo": "demo",
+}
+
 
 class CampaignGroup(click.Group):
-    """Turns every CampaignError into one clear line on stderr and exit code 1."""
+    """Turns every CampaignError into one clear line on stderr and exit code 1, and loads
+    each command's module when the command is asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(COMMAND_MODULES))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(cmd_name)
+        if module is not None and cmd_name not in self.commands:
+            importlib.import_module(f"campaigns.cli.{module}").register(self)
+        return self.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -72,13 +105,3 @@ def db_upgrade() -> None:
     migrate.upgrade(settings.database_url)
     after = migrate.current_revision(settings.database_url)
     click.echo(f"schema: {before or 'empty'} -> {after}")
-
-
-def _register() -> None:
-    from campaigns.cli import campaign, demo, imports, report, simulator, webhooks, worker
-
-    for module in (imports, simulator, campaign, worker, webhooks, report, demo):
-        module.register(main)
-
-
-_register()
