@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from campaigns import __version__
+from campaigns import __version__, collector
 from campaigns.config import Settings
 from campaigns.errors import CampaignError
 
@@ -105,3 +105,15 @@ def db_upgrade() -> None:
     migrate.upgrade(settings.database_url)
     after = migrate.current_revision(settings.database_url)
     click.echo(f"schema: {before or 'empty'} -> {after}")
+
+
+def run() -> None:
+    """The `campaign` console script: `main`, with the modules of the command asked for
+    loaded first, under `collector.loading()` (no collections while they load, then out
+    of every later collection's sight). Tests call `main` itself."""
+    with collector.loading():
+        name = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), "")
+        module = COMMAND_MODULES.get(name)
+        if module is not None:
+            importlib.import_module(f"campaigns.cli.{module}")
+    main(prog_name="campaign")

@@ -1,3 +1,3 @@
-from campaigns.cli import main
+from campaigns.cli import run
 
-main()
+run()

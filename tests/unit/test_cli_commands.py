@@ -61,3 +61,22 @@ def test_an_import_does_not_load_the_simulator_the_ingester_or_the_reports() -> 
         "pandas",
     ):
         assert heavy not in loaded, heavy
+
+
+def test_the_console_script_runs_the_command_it_preloads() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "campaigns.cli", "-v", "import", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Usage: campaign import [OPTIONS] FILE")
+    version = subprocess.run(
+        [sys.executable, "-m", "campaigns.cli", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.startswith("campaign, version ")

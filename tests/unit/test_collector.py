@@ -75,13 +75,30 @@ def test_what_survives_a_pause_goes_to_the_oldest_generation_unwalked(
     assert gc.isenabled()
 
 
-def test_a_pause_in_a_service_keeps_its_frozen_heap_frozen(restored_collector: None) -> None:
+def test_in_a_process_with_a_frozen_heap_what_survives_a_pause_is_frozen_with_it(
+    restored_collector: None,
+) -> None:
     collector.for_service()
     frozen = gc.get_freeze_count()
     with collector.paused():
         kept = _Kept()
-    assert gc.get_freeze_count() == frozen
-    assert any(o is kept for o in gc.get_objects(generation=0))
+    assert gc.get_freeze_count() > frozen  # frozen, not thawed
+    assert not any(o is kept for o in gc.get_objects())  # out of every generation
+    assert gc.isenabled()
+
+
+def test_a_command_loads_its_modules_with_the_collector_off_then_freezes_them(
+    restored_collector: None,
+) -> None:
+    gc.enable()
+    seen: list[bool] = []
+    with collector.loading():
+        seen.append(gc.isenabled())
+        kept = [_Kept() for _ in range(1_000)]
+    assert seen == [False]
+    assert gc.isenabled()
+    assert gc.get_freeze_count() >= len(kept)
+    assert not any(o is kept[0] for o in gc.get_objects())
 
 
 def test_a_cycle_made_in_a_pause_is_still_collected_once_dropped(
