@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -68,6 +70,57 @@ def test_ensure_schema_upgrades_sqlite_and_refuses_a_postgresql_behind(
         with pytest.raises(SchemaError, match="campaign db upgrade"):
             migrate.ensure_schema(empty_database)
         assert _tables(empty_database) == set()
+
+
+def test_the_migration_files_name_the_head_alembic_names(empty_database: str) -> None:
+    assert migrate._quick_head() == migrate.head_revision(empty_database)
+
+
+def test_a_database_at_head_is_checked_without_loading_alembic(empty_database: str) -> None:
+    """Every command checks the schema first; at head that must not cost Alembic's import."""
+    migrate.upgrade(empty_database)
+    code = (
+        "import sys\n"
+        "from campaigns import migrate\n"
+        f"migrate.ensure_schema({empty_database!r})\n"
+        "print('alembic' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "False"
+
+
+def test_a_database_one_revision_behind_is_not_taken_for_one_at_head(
+    empty_database: str,
+) -> None:
+    migrate.upgrade(empty_database, "0004")
+    assert not migrate._at_quick_head(empty_database)
+    if BACKEND == "sqlite":
+        migrate.ensure_schema(empty_database)
+        assert migrate.current_revision(empty_database) == migrate.head_revision(empty_database)
+    else:
+        with pytest.raises(SchemaError, match="is at 0004"):
+            migrate.ensure_schema(empty_database)
+
+
+def test_migration_files_that_do_not_give_one_head_leave_the_check_to_alembic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def write(name: str, revision: str, down: str | None) -> None:
+        shown = "None" if down is None else f'"{down}"'
+        (tmp_path / name).write_text(
+            f'revision: str = "{revision}"\ndown_revision: str | None = {shown}\n'
+        )
+
+    monkeypatch.setattr(migrate, "VERSIONS", tmp_path)
+    write("a.py", "a", None)
+    write("b.py", "b", "a")
+    assert migrate._quick_head() == "b"
+    write("c.py", "c", "a")  # a branch: two heads
+    assert migrate._quick_head() is None
+    (tmp_path / "c.py").write_text("revision = make_id()\n")  # not a literal
+    assert migrate._quick_head() is None
 
 
 def _count(url: str, sql: str) -> int:
