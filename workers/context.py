@@ -18,19 +18,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from campaigns.config import Settings
 from campaigns.db import async_session_factory, is_sqlite, make_async_engine
 from campaigns.enablex.client import EnablexClient
-from campaigns.enablex.transport import KeepAliveTransport
+from campaigns.enablex.transport import KEEPALIVE_SECONDS, KeepAliveTransport
 from campaigns.models import utcnow
 from workers.apply_gate import ApplyGate
 from workers.attempt_holds import AttemptHolds
 
 # Connections to EnableX per worker process; requests beyond wait in the client.
 HTTP_CONNECTIONS = 20
-# An idle pooled connection is dropped after this long, well before a server's own idle
-# timeout (uvicorn's default, which the simulator keeps, is 5 s, as httpx's default expiry
-# is): a connection the server closes as the client reuses it makes the POST /broadcast
-# fail with its outcome unknown, and that batch is not sent again (seen once in a test
-# run: a ReadError on POST /broadcast, and that batch's numbers never dialled).
-HTTP_KEEPALIVE_SECONDS = 2.0
+# An idle pooled connection is dropped after KEEPALIVE_SECONDS (2 s), well before a
+# server's own idle timeout (uvicorn's default, which the simulator keeps, is 5 s, as
+# httpx's default expiry is): a connection the server closes as the client reuses it makes
+# the POST /broadcast fail with its outcome unknown, and that batch is not sent again (seen
+# once in a test run: a ReadError on POST /broadcast, and that batch's numbers never
+# dialled).
 # Connections for the IVR commands (play, hang up), on top of those. A 500-calls-per-
 # second campaign sends about 1,500 commands a second, each waiting a round trip; with 20
 # connections the urgent applies in bench/ingest_bench.py held their slots 4.4 ms per
@@ -64,7 +64,7 @@ async def build_deps(
         limits=httpx.Limits(
             max_connections=HTTP_CONNECTIONS,
             max_keepalive_connections=20,
-            keepalive_expiry=HTTP_KEEPALIVE_SECONDS,
+            keepalive_expiry=KEEPALIVE_SECONDS,
         ),
     )
     # IVR commands: many small requests, sent on the lean keep-alive transport directly.

@@ -19,7 +19,9 @@ API): request streaming, upgrades, proxies. A pooled connection the server close
 idle is found stale before use; one found closed only when the answer is read (no byte
 received) is sent again on a fresh connection for idempotent methods only (GET, HEAD,
 OPTIONS, DELETE): a PUT of a play command raises `RemoteProtocolError` instead, and the
-caller's visible retry decides.
+caller's visible retry decides. That last case is a race with the server's own idle
+timeout, so a connection idle for `KEEPALIVE_SECONDS` is closed rather than reused, well
+before the usual server timeouts (uvicorn's, which the simulator keeps, is 5 s).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 from collections import defaultdict
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -40,14 +43,18 @@ _MAX_BODY_BYTES = 16 * 1024 * 1024
 # Requests sent again on a fresh connection when a pooled one turns out closed (a PUT of a
 # play command is not: it would play the prompt twice).
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+# A pooled connection idle this long is closed, not reused (see above); the worker's httpx
+# pool for the other requests uses the same limit.
+KEEPALIVE_SECONDS = 2.0
 
 
 class _Connection:
-    __slots__ = ("reader", "writer")
+    __slots__ = ("idle_since", "reader", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.idle_since = 0.0  # time.monotonic() when it went back to the pool
 
     def usable(self) -> bool:
         return not (self.writer.is_closing() or self.reader.at_eof())
@@ -90,9 +97,14 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
     """HTTP/1.1 on asyncio streams, at most `max_connections` open at once."""
 
     def __init__(
-        self, *, max_connections: int = 20, ssl_context: ssl.SSLContext | None = None
+        self,
+        *,
+        max_connections: int = 20,
+        ssl_context: ssl.SSLContext | None = None,
+        keepalive_expiry: float = KEEPALIVE_SECONDS,
     ) -> None:
         self._slots = asyncio.Semaphore(max_connections)
+        self._expiry = keepalive_expiry
         self._idle: dict[tuple[str, str, int], list[_Connection]] = defaultdict(list)
         self._ssl = ssl_context
         self._closed = False
@@ -182,9 +194,10 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
 
     def _take(self, key: tuple[str, str, int]) -> _Connection | None:
         idle = self._idle[key]
+        oldest = time.monotonic() - self._expiry
         while idle:
             conn = idle.pop()
-            if conn.usable():
+            if conn.idle_since >= oldest and conn.usable():
                 return conn
             conn.close()
         return None
@@ -251,6 +264,7 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
             conn.close()
             raise
         if keep and not self._closed:
+            conn.idle_since = time.monotonic()
             self._idle[key].append(conn)
         else:
             conn.close()

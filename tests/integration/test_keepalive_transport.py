@@ -341,3 +341,34 @@ async def test_a_command_does_not_wait_behind_a_slow_broadcast_for_a_slot() -> N
             release.set()
             assert (await asyncio.wait_for(slow, timeout=5)).voice_id == "v-1"
         await transport.aclose()
+
+
+async def test_a_connection_idle_past_the_expiry_is_not_reused() -> None:
+    """A connection the server may be closing (its own idle timeout) is not raced: past
+    `keepalive_expiry` the next request opens a new one; within it, the idle one serves."""
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        try:
+            while True:
+                await _read_request(reader)
+                writer.write(_answer(b"{}"))
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            writer.close()
+
+    async for base in _serve(handler):
+        short = KeepAliveTransport(keepalive_expiry=0.2)
+        await short.exchange("GET", f"{base}/a", {}, limit=5)
+        await asyncio.sleep(0.4)
+        await short.exchange("GET", f"{base}/b", {}, limit=5)
+        await short.aclose()
+        assert connections == 2
+        kept = KeepAliveTransport()
+        await kept.exchange("GET", f"{base}/a", {}, limit=5)
+        await asyncio.sleep(0.4)
+        await kept.exchange("GET", f"{base}/b", {}, limit=5)
+        await kept.aclose()
+        assert connections == 3  # one more connection, reused after 0.4 s idle
