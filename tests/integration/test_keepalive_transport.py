@@ -217,20 +217,29 @@ def _parsed(request: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:
     return first, headers, body
 
 
-async def test_exchange_sends_what_the_httpx_path_sends_on_one_connection() -> None:
-    received: list[bytes] = []
-    connections = 0
+class _Steady:
+    """A server handler answering every request with `answer`, on as many requests per
+    connection as the client sends: it counts the connections and keeps the requests."""
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.connections = 0
+        self.received: list[bytes] = []
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
             while True:
-                received.append(await _read_request(reader))
-                writer.write(_answer(b'{"play_id": "p-1"}', extra=b"Retry-After: 3\r\n"))
+                self.received.append(await _read_request(reader))
+                writer.write(self.answer)
                 await writer.drain()
         except asyncio.IncompleteReadError:
             writer.close()
+
+
+async def test_exchange_sends_what_the_httpx_path_sends_on_one_connection() -> None:
+    handler = _Steady(_answer(b'{"play_id": "p-1"}', extra=b"Retry-After: 3\r\n"))
+    received = handler.received
 
     headers = {"Authorization": "Basic YXBwOmtleQ==", "Content-Type": "application/json"}
     body = b'{"text":"Hello"}'
@@ -259,7 +268,7 @@ async def test_exchange_sends_what_the_httpx_path_sends_on_one_connection() -> N
         # httpx adds its own defaults (user agent, accept-encoding, connection); every
         # header the lean path sends, httpx sends the same
         assert {k: v for k, v in through_httpx[1].items() if k in lean[1]} == lean[1]
-    assert connections == 1
+    assert handler.connections == 1
 
 
 async def test_exchange_never_sends_a_play_twice_and_times_out_reading() -> None:
@@ -346,29 +355,17 @@ async def test_a_command_does_not_wait_behind_a_slow_broadcast_for_a_slot() -> N
 async def test_a_connection_idle_past_the_expiry_is_not_reused() -> None:
     """A connection the server may be closing (its own idle timeout) is not raced: past
     `keepalive_expiry` the next request opens a new one; within it, the idle one serves."""
-    connections = 0
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
-        try:
-            while True:
-                await _read_request(reader)
-                writer.write(_answer(b"{}"))
-                await writer.drain()
-        except asyncio.IncompleteReadError:
-            writer.close()
-
+    handler = _Steady(_answer(b"{}"))
     async for base in _serve(handler):
         short = KeepAliveTransport(keepalive_expiry=0.2)
         await short.exchange("GET", f"{base}/a", {}, limit=5)
         await asyncio.sleep(0.4)
         await short.exchange("GET", f"{base}/b", {}, limit=5)
         await short.aclose()
-        assert connections == 2
+        assert handler.connections == 2
         kept = KeepAliveTransport()
         await kept.exchange("GET", f"{base}/a", {}, limit=5)
         await asyncio.sleep(0.4)
         await kept.exchange("GET", f"{base}/b", {}, limit=5)
         await kept.aclose()
-        assert connections == 3  # one more connection, reused after 0.4 s idle
+        assert handler.connections == 3  # one more connection, reused after 0.4 s idle
