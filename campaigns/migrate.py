@@ -55,9 +55,17 @@ def current_revision(database_url: str) -> str | None:
         with engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
     except SQLAlchemyError as exc:
-        raise SchemaError(f"cannot reach the database: {exc.__class__.__name__}: {exc}") from exc
+        raise SchemaError(f"cannot reach the database: {_first_line(exc)}") from exc
     finally:
         engine.dispose()
+
+
+def _first_line(exc: SQLAlchemyError) -> str:
+    """The driver's own message, first line (psycopg adds hints on more lines, SQLAlchemy a
+    link): an error is one line on stderr."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    return f"{cause.__class__.__name__}: {lines[0] if lines else 'no message'}"
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:

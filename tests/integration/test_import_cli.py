@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from campaigns.cli import main
 from campaigns.db import make_engine
 from campaigns.errors import InputFileError
+from campaigns.local_redis import free_port
 from campaigns.models import Contact, ContactList, DncNumber, ImportReject, Recipient
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_lists"
@@ -496,3 +497,14 @@ def test_dnc_import_with_a_rejects_path_it_cannot_write_adds_nothing(
     assert "cannot write the rejects file" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert table_counts(database_url)["dnc_number"] == 0
+
+
+def test_an_unreachable_database_is_one_line_naming_the_failure() -> None:
+    """psycopg's message has hint lines and SQLAlchemy adds a link: the user gets one."""
+    url = f"postgresql://nobody@127.0.0.1:{free_port()}/campaigns"
+    result = run(url, "import", str(SAMPLES / "clean.csv"))
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: cannot reach the database: OperationalError: ")
+    assert "Connection refused" in lines[0]
