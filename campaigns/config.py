@@ -132,6 +132,11 @@ class Settings:
         db = str(values.get("database_url", DEFAULT_DATABASE_URL))
         if not db.startswith(("sqlite:", "sqlite+", "postgresql:", "postgresql+", "postgres:")):
             problems.append(f"DATABASE_URL must be a sqlite:// or postgresql:// URL, got {db!r}")
+        elif db.startswith("sqlite") and _in_memory(db):
+            problems.append(
+                f"DATABASE_URL={db!r} is an in-memory SQLite database, which lives only as "
+                "long as one connection: give a file, e.g. sqlite:///./campaigns.db"
+            )
         for var, attr in (
             ("ENABLEX_BASE_URL", "enablex_base_url"),
             ("WEBHOOK_PUBLIC_URL", "webhook_public_url"),
@@ -164,3 +169,10 @@ class Settings:
         if problems:
             raise ConfigError(problems)
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _in_memory(url: str) -> bool:
+    """sqlite://, sqlite:/// and sqlite:///:memory: (with or without a driver or query)."""
+    path = url.split("://", 1)[1] if "://" in url else ""
+    path = path.split("?", 1)[0].lstrip("/")
+    return path in ("", ":memory:") or path.startswith("file::memory:")

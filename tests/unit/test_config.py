@@ -75,3 +75,18 @@ def test_secrets_never_appear_in_the_repr() -> None:
     assert "super-secret-key" not in shown
     assert "secret-path-token-123" not in shown
     assert "enablex_app_key='***'" in shown
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite://", "sqlite:///", "sqlite:///:memory:", "sqlite+aiosqlite:///:memory:"]
+)
+def test_an_in_memory_sqlite_database_is_refused_by_name(url: str) -> None:
+    """Every command and worker opens its own connections: an in-memory database would be
+    a new empty one each time (the schema check migrated one, the import wrote another)."""
+    with pytest.raises(ConfigError, match="in-memory SQLite database"):
+        Settings.from_env({"DATABASE_URL": url})
+
+
+@pytest.mark.parametrize("url", ["sqlite:///./campaigns.db", "sqlite:////tmp/x.db"])
+def test_a_sqlite_file_is_accepted(url: str) -> None:
+    assert Settings.from_env({"DATABASE_URL": url}).database_url == url
