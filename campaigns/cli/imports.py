@@ -159,8 +159,8 @@ def import_command(
         _progress(console, show_progress) as tick,
     ):
         summary = import_file(conn, file, name, options, progress=tick, dry_run=dry_run)
-    if rejects_path:
-        _write_rejects(rejects_path, summary.rejects)
+        if rejects_path:  # before the commit: a path that cannot be written keeps nothing
+            _write_rejects(rejects_path, summary.rejects)
     if as_json:
         click.echo(json.dumps(summary.as_json()))
     else:

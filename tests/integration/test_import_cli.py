@@ -508,3 +508,20 @@ def test_an_unreachable_database_is_one_line_naming_the_failure() -> None:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: cannot reach the database: OperationalError: ")
     assert "Connection refused" in lines[0]
+
+
+def test_a_rejects_file_that_cannot_be_written_keeps_the_import_out(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The error says the import failed: then nothing may have been imported."""
+    before = table_counts(database_url)
+    result = run(
+        database_url,
+        "import",
+        str(SAMPLES / "messy.csv"),
+        "--rejects",
+        str(tmp_path / "no-such-dir" / "rejects.csv"),
+    )
+    assert result.exit_code == 1
+    assert "cannot write the rejects file" in result.stderr
+    assert table_counts(database_url) == before
