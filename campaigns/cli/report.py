@@ -149,6 +149,8 @@ def _open_output(output: str) -> Iterator[BinaryIO]:
         stream.flush()
         return
     path = Path(output)
+    if path.is_dir():  # checked first: the partial file would go beside it, the rename fail
+        raise InputFileError(output, "is a directory: name the CSV file to write")
     partial = path.with_name(f".{path.name}.partial")
     try:
         handle = partial.open("wb")
@@ -157,7 +159,10 @@ def _open_output(output: str) -> Iterator[BinaryIO]:
     try:
         with handle:
             yield handle
-        os.replace(partial, path)
+        try:
+            os.replace(partial, path)
+        except OSError as exc:
+            raise InputFileError(output, exc.strerror or "cannot be written") from exc
     finally:
         partial.unlink(missing_ok=True)
 

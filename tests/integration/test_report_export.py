@@ -893,6 +893,23 @@ def test_export_of_a_missing_campaign_writes_no_file(database_url: str, tmp_path
     assert list(out.iterdir()) == []
 
 
+def test_export_to_a_directory_is_one_line_and_writes_nothing(
+    database_url: str, empty_campaign: int, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    before = sorted(tmp_path.iterdir())
+    result = CliRunner().invoke(
+        main, ["export", str(empty_campaign), "-o", str(out)], env={"DATABASE_URL": database_url}
+    )
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"error: {out}: is a directory: name the CSV file to write"
+    ]
+    assert sorted(tmp_path.iterdir()) == before  # no partial file beside it
+    assert list(out.iterdir()) == []
+
+
 @pytest.fixture
 def empty_campaign(database_url: str) -> Iterator[int]:
     """A campaign with a list but no recipients yet (a draft)."""
