@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from campaigns.errors import CampaignError
 
@@ -101,3 +102,38 @@ def redis_for(redis_url: str | None) -> Iterator[str]:
         return
     with private_redis() as url:
         yield url
+
+
+def require(redis_url: str, *, tries: int = 5, pause: float = 1.0) -> None:
+    """Ping the Redis at `redis_url`, up to `tries` times `pause` seconds apart (one that
+    is still starting gets a few seconds); a CampaignError naming it, in one line, if it
+    never answers. For the commands that cannot work without it (worker, ingester)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        for attempt in range(1, tries + 1):
+            try:
+                client.ping()
+                return
+            except (redis.RedisError, OSError) as exc:
+                reason = (str(exc).splitlines() or [exc.__class__.__name__])[0]
+                if attempt == tries:
+                    raise CampaignError(
+                        f"cannot reach Redis at {shown_url(redis_url)}: {reason}"
+                    ) from exc
+                log.warning("Redis at %s: %s; trying again", shown_url(redis_url), reason)
+                time.sleep(pause)
+    finally:
+        client.close()
+
+
+def shown_url(url: str) -> str:
+    """`url` with its password, if any, replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=f"{user}{host}{port}"))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 import click
 
 from campaigns import migrate
-from campaigns.local_redis import redis_for
+from campaigns.errors import CampaignError
+from campaigns.local_redis import redis_for, require
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +42,25 @@ def webhooks(host: str, port: int) -> None:
     migrate.ensure_schema(settings.database_url)
     if not settings.webhook_token:
         raise click.UsageError("WEBHOOK_TOKEN is unset: the webhook path needs a secret token")
+    try:  # bound here, handed to uvicorn: a port in use is one line, exit code 1
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        raise CampaignError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     if not settings.redis_url:
         click.echo("REDIS_URL is unset: starting a private Redis (workers must share it)", err=True)
-    with redis_for(settings.redis_url) as redis_url:
+    with sock, redis_for(settings.redis_url) as redis_url:
         from dataclasses import replace
 
+        require(redis_url)
         app = create_app(replace(settings, redis_url=redis_url))
         click.echo(f"ingesting webhooks on http://{host}:{port}/webhooks/enablex/<token>", err=True)
-        uvicorn.run(
-            **server_options(app),
-            host=host,
-            port=port,
-            log_level=settings.log_level.lower(),
-            lifespan="on",
+        server = uvicorn.Server(
+            uvicorn.Config(
+                **server_options(app), log_level=settings.log_level.lower(), lifespan="on"
+            )
         )
+        server.run(sockets=[sock])
+    if not server.started:
+        raise CampaignError("the ingester did not start (its log above says why)")

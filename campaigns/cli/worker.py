@@ -7,7 +7,7 @@ import logging
 import click
 
 from campaigns import collector, migrate
-from campaigns.local_redis import redis_for
+from campaigns.local_redis import redis_for, require
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ def worker(burst: bool) -> None:
     if not settings.redis_url:
         click.echo("REDIS_URL is unset: starting a private Redis for this worker only", err=True)
     with redis_for(settings.redis_url) as redis_url:
+        require(redis_url)
         arq_worker = make_worker(settings, redis_url, burst=burst)
         collector.for_service()
         arq_worker.run()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -424,3 +425,55 @@ async def test_the_writer_replaces_a_connection_the_database_dropped(ingest: Ing
         await writer.close()
         await engine.dispose()
     assert [row.dedupe_key for row in ingest.stored()] == ["k-before", "k-after"]
+
+
+def test_the_ingester_command_on_a_port_in_use_is_one_line(database_url: str) -> None:
+    from click.testing import CliRunner
+
+    from campaigns.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(
+            main,
+            ["webhooks", "--port", str(port)],
+            env={
+                "DATABASE_URL": database_url,
+                "REDIS_URL": "redis://127.0.0.1:1/0",  # never reached: the port fails first
+                "WEBHOOK_TOKEN": "t" * 32,
+            },
+        )
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
+
+
+def test_a_redis_that_never_answers_is_one_line_without_its_password(redis_url: str) -> None:
+    from campaigns.errors import CampaignError
+    from campaigns.local_redis import require
+
+    require(redis_url, tries=1)  # the real one answers
+    port = free_port()
+    with pytest.raises(CampaignError) as caught:
+        require(f"redis://:hunter2@127.0.0.1:{port}/0", tries=2, pause=0.05)
+    message = str(caught.value)
+    assert message.startswith(f"cannot reach Redis at redis://:***@127.0.0.1:{port}/0: ")
+    assert "hunter2" not in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://u:pw@redis.example:6380/2", "redis://u:***@redis.example:6380/2"),
+        ("rediss://:pw@redis.example/0", "rediss://:***@redis.example/0"),
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+    ],
+)
+def test_a_redis_url_is_shown_without_its_password(url: str, shown: str) -> None:
+    from campaigns.local_redis import shown_url
+
+    assert shown_url(url) == shown
