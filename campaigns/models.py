@@ -108,11 +108,14 @@ class AttemptState(enum.StrEnum):
     ENDED = "ended"
 
 
+LIST_NAME_MAX = 200  # characters in a contact list's name
+
+
 class ContactList(Base):
     __tablename__ = "contact_list"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(String(LIST_NAME_MAX), unique=True)
     source_file: Mapped[str | None] = mapped_column(Text)
     sha256: Mapped[str | None] = mapped_column(String(64))
     rows_total: Mapped[int] = mapped_column(Integer, default=0)

@@ -28,6 +28,7 @@ from campaigns.importing import (
     read_numbers,
 )
 from campaigns.migrate import ensure_schema
+from campaigns.models import LIST_NAME_MAX
 from campaigns.phones import PhoneResult, normalise
 from campaigns.store import contacts as store
 
@@ -151,7 +152,7 @@ def import_command(
         sheet=sheet,
         encoding=encoding,
     )
-    name = list_name or list_name_for(file)
+    name = _list_name(list_name, file)
     console = Console(stderr=False)
     show_progress = not as_json and sys.stdout.isatty() and _is_large(file)
     with (
@@ -165,6 +166,22 @@ def import_command(
         click.echo(json.dumps(summary.as_json()))
     else:
         console.print(_summary_table(summary, file))
+
+
+def _list_name(given: str | None, path: str) -> str:
+    """--list as given (spaces around it dropped), else the file's name: non-empty and
+    short enough for the database, or a usage error naming what is wrong."""
+    name = list_name_for(path) if given is None else given.strip()
+    origin = "--list" if given is not None else f"the list name taken from {Path(path).name!r}"
+    if not name:
+        raise click.BadParameter("the list name is empty", param_hint=origin)
+    if len(name) > LIST_NAME_MAX:
+        raise click.BadParameter(
+            f"the list name is {len(name)} characters long; at most {LIST_NAME_MAX}"
+            + ("" if given is not None else ": name the list with --list"),
+            param_hint=origin,
+        )
+    return name
 
 
 def _is_large(path: str) -> bool:

@@ -525,3 +525,25 @@ def test_a_rejects_file_that_cannot_be_written_keeps_the_import_out(
     assert result.exit_code == 1
     assert "cannot write the rejects file" in result.stderr
     assert table_counts(database_url) == before
+
+
+def test_a_list_name_is_trimmed_and_must_fit(database_url: str, tmp_path: Path) -> None:
+    """Checked before anything is read or written (PostgreSQL refused a name over 200
+    characters mid-import with a traceback; SQLite stored it, and an empty one)."""
+    before = table_counts(database_url)
+    too_long = run(database_url, "import", str(SAMPLES / "clean.csv"), "--list", "x" * 201)
+    assert too_long.exit_code == 2
+    assert "the list name is 201 characters long; at most 200" in too_long.stderr
+    empty = run(database_url, "import", str(SAMPLES / "clean.csv"), "--list", "   ")
+    assert empty.exit_code == 2
+    assert "Invalid value for --list: the list name is empty" in empty.stderr
+    long_file = tmp_path / ("n" * 210 + ".csv")
+    long_file.write_bytes((SAMPLES / "clean.csv").read_bytes())
+    from_file = run(database_url, "import", str(long_file))
+    assert from_file.exit_code == 2
+    assert "at most 200: name the list with --list" in from_file.stderr
+    assert table_counts(database_url) == before
+    assert (
+        imported(database_url, str(SAMPLES / "clean.csv"), "--list", "  march  ")["list_name"]
+        == "march"
+    )
