@@ -25,12 +25,6 @@ from workers.attempt_holds import AttemptHolds
 
 # Connections to EnableX per worker process; requests beyond wait in the client.
 HTTP_CONNECTIONS = 20
-# An idle pooled connection is dropped after KEEPALIVE_SECONDS (2 s), well before a
-# server's own idle timeout (uvicorn's default, which the simulator keeps, is 5 s, as
-# httpx's default expiry is): a connection the server closes as the client reuses it makes
-# the POST /broadcast fail with its outcome unknown, and that batch is not sent again (seen
-# once in a test run: a ReadError on POST /broadcast, and that batch's numbers never
-# dialled).
 # Connections for the IVR commands (play, hang up), on top of those. A 500-calls-per-
 # second campaign sends about 1,500 commands a second, each waiting a round trip; with 20
 # connections the urgent applies in bench/ingest_bench.py held their slots 4.4 ms per
@@ -61,6 +55,11 @@ async def build_deps(
     engine = make_async_engine(settings.database_url)
     http = httpx.AsyncClient(
         timeout=settings.enablex_timeout,
+        # An idle connection is dropped after KEEPALIVE_SECONDS (2 s), well before a
+        # server's own idle timeout (uvicorn's default, which the simulator keeps, is 5 s,
+        # as httpx's default expiry is): a connection the server closes as it is reused
+        # fails the POST /broadcast with its outcome unknown, and that batch is not sent
+        # again (seen once in a test run: a ReadError, that batch's numbers never dialled).
         limits=httpx.Limits(
             max_connections=HTTP_CONNECTIONS,
             max_keepalive_connections=20,
