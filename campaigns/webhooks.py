@@ -576,6 +576,20 @@ def server_options(app: IngesterApp) -> dict[str, Any]:
     return {"app": app, "http": "httptools", "access_log": False}
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The ingester's socket, bound and listening (0: a free port), for uvicorn to serve
+    on; raises OSError (a port in use, an address not here) with nothing left open."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 @contextlib.asynccontextmanager
 async def serve_ingester(
     settings: Settings,
@@ -592,14 +606,12 @@ async def serve_ingester(
     engine = make_async_engine(settings.database_url)
     redis = await create_pool(RedisSettings.from_dsn(settings.redis_url))
     app = create_app(settings, engine=engine, redis=redis, clock=clock)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     server = uvicorn.Server(
         uvicorn.Config(**server_options(app), log_level="warning", lifespan="off")
     )
+    sock: socket.socket | None = None
     try:
-        sock.bind((host, port))
-        sock.listen(1024)
+        sock = listening_socket(host, port)
         task = asyncio.create_task(server.serve(sockets=[sock]), name="ingester-server")
         try:
             while not server.started:
@@ -613,7 +625,8 @@ async def serve_ingester(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     finally:
-        sock.close()
+        if sock is not None:
+            sock.close()
         if app.ingester.writer is not None:
             await app.ingester.writer.close()
         await redis.aclose()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 
 import click
 
@@ -36,16 +35,14 @@ def webhooks(host: str, port: int) -> None:
     import uvicorn
 
     from campaigns.cli import load_settings
-    from campaigns.webhooks import create_app, server_options
+    from campaigns.webhooks import create_app, listening_socket, server_options
 
     settings = load_settings()
     migrate.ensure_schema(settings.database_url)
     if not settings.webhook_token:
         raise click.UsageError("WEBHOOK_TOKEN is unset: the webhook path needs a secret token")
     try:  # bound here, handed to uvicorn: a port in use is one line, exit code 1
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
+        sock = listening_socket(host, port)
     except OSError as exc:
         raise CampaignError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     if not settings.redis_url:
