@@ -11,6 +11,13 @@ class CampaignError(Exception):
     """Base of every error this project raises on purpose."""
 
 
+def first_line(exc: BaseException) -> str:
+    """Another library's error, for a one-line message: its class and the first line of
+    its text (drivers add hints and links on further lines)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{exc.__class__.__name__}: {lines[0]}" if lines else exc.__class__.__name__
+
+
 class ConfigError(CampaignError):
     """One or more settings are invalid; `problems` lists each of them."""
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from campaigns.errors import CampaignError
+from campaigns.errors import CampaignError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def require(redis_url: str, *, tries: int = 5, pause: float = 1.0) -> None:
                 client.ping()
                 return
             except (redis.RedisError, OSError) as exc:
-                reason = (str(exc).splitlines() or [exc.__class__.__name__])[0]
+                reason = first_line(exc)
                 if attempt == tries:
                     raise CampaignError(
                         f"cannot reach Redis at {shown_url(redis_url)}: {reason}"

@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from campaigns.db import is_sqlite, make_engine
-from campaigns.errors import SchemaError
+from campaigns.errors import SchemaError, first_line
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -55,17 +55,11 @@ def current_revision(database_url: str) -> str | None:
         with engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
     except SQLAlchemyError as exc:
-        raise SchemaError(f"cannot reach the database: {_first_line(exc)}") from exc
+        # the driver's own error (SQLAlchemy's wrapper adds the statement and a link)
+        driver = getattr(exc, "orig", None) or exc
+        raise SchemaError(f"cannot reach the database: {first_line(driver)}") from exc
     finally:
         engine.dispose()
-
-
-def _first_line(exc: SQLAlchemyError) -> str:
-    """The driver's own message, first line (psycopg adds hints on more lines, SQLAlchemy a
-    link): an error is one line on stderr."""
-    cause = getattr(exc, "orig", None) or exc
-    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
-    return f"{cause.__class__.__name__}: {lines[0] if lines else 'no message'}"
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
